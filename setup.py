@@ -1,0 +1,31 @@
+"""Install sft_jax: `pip install -e .` (CPU); extras [test], [gpu], [tpu]."""
+
+import setuptools
+
+setuptools.setup(
+    name="sft_jax",
+    version="0.1.0",
+    description="JAX-native instruction tuning: seqio mixtures, sharded T5/LLaMA training, held-out evaluation.",
+    packages=setuptools.find_packages(include=["sft_jax", "sft_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "seqio>=0.0.20",
+        "tensorflow>=2.21.0",
+        "tensorflow-datasets>=4.9.10",
+        "gin-config>=0.5.0",
+        "numpy>=2.0",
+        "rouge-score>=0.1.2",
+        "tensorboardX>=2.6.5",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+    },
+)

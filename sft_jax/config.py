@@ -1,0 +1,73 @@
+"""gin plumbing shared by the tools: flags in, bindings parsed, mixture modules imported.
+
+Flags follow t5x: `--gin_file=F` (repeatable), `--gin.NAME=VALUE` (one binding,
+e.g. `--gin.MODEL_DIR="'runs/qs'"`), `--gin_search_paths=a,b`. A run file names
+the modules that register its mixtures in the macro MIXTURE_MODULES; they are
+imported after parsing, before anything looks a mixture up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Sequence
+
+import gin
+
+# The repository's gin_configs/, so `include 'models/t5_tiny.gin'` works from any directory.
+DEFAULT_SEARCH_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+  """Splits argv into (gin files, gin bindings, search paths, other args)."""
+  files, bindings, paths, rest = [], [], [], []
+  for arg in argv:
+    if arg.startswith("--gin_file="):
+      files.append(arg.split("=", 1)[1])
+    elif arg.startswith("--gin_search_paths="):
+      paths.extend(p for p in arg.split("=", 1)[1].split(",") if p)
+    elif arg.startswith("--gin."):
+      name, _, value = arg[len("--gin."):].partition("=")
+      if not value:
+        raise ValueError(f"gin flag {arg!r} has no value; write --gin.NAME=VALUE")
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return files, bindings, paths, rest
+
+
+def import_mixture_modules() -> None:
+  """Imports the modules listed in the MIXTURE_MODULES macro (they register tasks)."""
+  try:
+    modules = gin.query_parameter("MIXTURE_MODULES.value")
+  except ValueError:
+    modules = ()
+  for module in modules or ():
+    importlib.import_module(module)
+
+
+def parse_gin_flags(argv: Sequence[str]) -> list[str]:
+  """Parses the gin flags of `argv`, imports mixture modules, returns the other args."""
+  files, bindings, paths, rest = split_gin_args(argv)
+  if not files:
+    raise ValueError("no --gin_file given")
+  for path in paths + [DEFAULT_SEARCH_PATH, os.getcwd()]:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  import_mixture_modules()
+  gin.finalize()
+  return rest
+
+
+def reject_unknown_flags(rest: Sequence[str]) -> None:
+  """Exits with a clear message when flags other than gin's were given."""
+  if rest:
+    raise SystemExit(f"unknown arguments: {' '.join(rest)} (use --gin_file=..., --gin.NAME=VALUE)")
+
+
+def setup_logging() -> None:
+  """INFO logs from sft_jax to stderr, quieter third-party libraries."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax", "orbax", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,108 @@
+"""Registers the embedded synthetic instruction tasks as seqio Tasks and a Mixture.
+
+Importing this module registers, for every task in `synthetic_tasks.TASKS`:
+  `synthetic.<task>`                   its training templates (train/validation/test)
+  `synthetic.<task>.heldout_templates` its held-out phrasings (test only; seen tasks only)
+the Mixture `synthetic_instructions` over the seen tasks, and that mixture's
+held-out split: whole held-out clusters, held-out tasks inside seen clusters,
+held-out phrasings of seen tasks (all held out) and new instances of the seen
+tasks (seen). No download: every example is generated from a seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Iterator, Sequence
+
+import seqio
+import tensorflow as tf
+
+from sft_jax.data import mixtures, preprocessors
+from sft_jax.data.collections import synthetic_tasks
+from sft_jax.data.templates import Template
+from sft_jax.evaluation import metrics
+
+MIXTURE_NAME = "synthetic_instructions"
+TASK_PREFIX = "synthetic."
+HELDOUT_TEMPLATES_SUFFIX = ".heldout_templates"
+# Evaluation sets are fixed, whatever seed the training run uses.
+EVAL_SEED = 0
+# Finite evaluation splits; training streams are unlimited.
+EVAL_EXAMPLES = {"validation": 200, "test": 200}
+
+_OUTPUT_SIGNATURE = {
+    "inputs": tf.TensorSpec([], tf.string),
+    "targets": tf.TensorSpec([], tf.string),
+    "answer_choices": tf.TensorSpec([None], tf.string),
+    "template": tf.TensorSpec([], tf.string),
+}
+
+
+def render_examples(task: synthetic_tasks.SyntheticTask, templates: Sequence[Template], split: str,
+                    seed: int) -> Iterator[dict]:
+  """Yields rendered examples of `task`, each with a template drawn from `templates`."""
+  template_rng = random.Random(f"{seed}/{task.name}/{split}/templates")
+  for instance in synthetic_tasks.instances(task, split, seed):
+    template = template_rng.choice(templates)
+    yield {
+        "inputs": template.render(instance, definition=task.definition),
+        "targets": instance["target"],
+        "answer_choices": list(instance.get("answer_choices") or []),
+        "template": template.name,
+    }
+
+
+def _dataset_fn(task: synthetic_tasks.SyntheticTask, templates: Sequence[Template]):
+  """A seqio dataset_fn: unlimited stream for train, a fixed finite set for eval splits."""
+
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    del shuffle_files  # the stream is generated in a seeded order; seqio shuffles further
+    if split == "train":
+      generator = lambda: render_examples(task, templates, split, 0 if seed is None else int(seed))
+    else:
+      count = EVAL_EXAMPLES[split]
+      generator = lambda: itertools.islice(render_examples(task, templates, split, EVAL_SEED), count)
+    return tf.data.Dataset.from_generator(generator, output_signature=_OUTPUT_SIGNATURE)
+
+  return dataset_fn
+
+
+def task_name(task: synthetic_tasks.SyntheticTask, heldout_templates: bool = False) -> str:
+  """The seqio name of a synthetic task (or of its held-out phrasings)."""
+  return TASK_PREFIX + task.name + (HELDOUT_TEMPLATES_SUFFIX if heldout_templates else "")
+
+
+def _register_task(name: str, task: synthetic_tasks.SyntheticTask, templates: Sequence[Template],
+                   splits: Sequence[str]) -> None:
+  metric_fn = metrics.accuracy if task.is_classification else metrics.exact_match
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(_dataset_fn(task, templates), splits=splits),
+      output_features=preprocessors.text_to_text_features(),
+      preprocessors=list(preprocessors.TOKENIZE_AND_APPEND_EOS),
+      metric_fns=[metric_fn],
+  )
+
+
+def _kind(task: synthetic_tasks.SyntheticTask) -> str:
+  return "classification" if task.is_classification else "generation"
+
+
+def register() -> None:
+  """Registers every synthetic task, the training mixture and its held-out split."""
+  eval_tasks = []
+  for task in synthetic_tasks.TASKS:
+    _register_task(task_name(task), task, task.templates, ("train", "validation", "test"))
+    eval_tasks.append(mixtures.EvalTask(task_name(task), task.cluster, task.heldout, _kind(task)))
+    if not task.heldout:
+      name = task_name(task, heldout_templates=True)
+      _register_task(name, task, task.heldout_templates, ("validation", "test"))
+      eval_tasks.append(mixtures.EvalTask(name, task.cluster, True, _kind(task)))
+  seen = [task_name(t) for t in synthetic_tasks.TASKS if not t.heldout]
+  seqio.MixtureRegistry.add(MIXTURE_NAME, mixtures.uniform_rates(seen))
+  mixtures.declare_heldout_split(mixtures.HeldoutSplit(MIXTURE_NAME, tuple(eval_tasks)))
+
+
+if MIXTURE_NAME not in seqio.MixtureRegistry.names():
+  register()

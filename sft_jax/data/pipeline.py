@@ -1,0 +1,83 @@
+"""The training input: a seqio mixture read per host, packed into numpy batches.
+
+Each process reads its own shard of the mixture (seqio.ShardInfo) and packs its
+part of the global batch. The position in the stream is the number of batches
+emitted; since the stream and the packer are deterministic given the seed,
+restoring a position replays the stream to exactly the batch the interrupted run
+would have produced next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping
+
+import numpy as np
+import seqio
+
+from sft_jax.data import packing
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """What the trainer reads: a mixture or task, its split, packed shapes and the seed."""
+
+  mixture_or_task_name: str
+  batch_size: int  # global rows per step, across all processes
+  input_length: int
+  target_length: int
+  split: str = "train"
+  seed: int = 0
+  shuffle_buffer_size: int = 1000
+
+
+class TrainInput:
+  """An iterator of packed host-local batches with a resumable position."""
+
+  def __init__(self, config: InputConfig, process_index: int = 0, process_count: int = 1):
+    if config.batch_size % process_count:
+      raise ValueError(
+          f"batch_size {config.batch_size} is not divisible by the process count {process_count}")
+    self.config = config
+    self.local_batch_size = config.batch_size // process_count
+    self._shard_info = seqio.ShardInfo(index=process_index, num_shards=process_count)
+    self._packer = self._new_packer()
+
+  def _new_packer(self) -> packing.BestFitPacker:
+    c = self.config
+    dataset = seqio.get_mixture_or_task(c.mixture_or_task_name).get_dataset(
+        sequence_length=None,  # the packer truncates and counts truncations
+        split=c.split,
+        shuffle=True,
+        shuffle_buffer_size=c.shuffle_buffer_size,
+        seed=c.seed,
+        shard_info=self._shard_info,
+        num_epochs=None,
+        trim_output_features=False,
+    )
+    examples = ({"inputs": ex["inputs"], "targets": ex["targets"]} for ex in dataset.as_numpy_iterator())
+    return packing.BestFitPacker(examples, self.local_batch_size, c.input_length, c.target_length)
+
+  @property
+  def counts(self) -> packing.PackingCounts:
+    return self._packer.counts
+
+  def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> Mapping[str, np.ndarray]:
+    return next(self._packer)
+
+  def get_state(self) -> dict:
+    """The position to store in a checkpoint."""
+    return {"batches_emitted": self._packer.batches_emitted, "seed": self.config.seed,
+            "mixture_or_task_name": self.config.mixture_or_task_name}
+
+  def set_state(self, state: Mapping) -> None:
+    """Moves to a stored position by replaying the deterministic stream up to it."""
+    if state["mixture_or_task_name"] != self.config.mixture_or_task_name or state["seed"] != self.config.seed:
+      raise ValueError(f"checkpoint data state {dict(state)} does not match the configured input "
+                       f"({self.config.mixture_or_task_name!r}, seed {self.config.seed})")
+    self._packer = self._new_packer()
+    for _ in range(int(state["batches_emitted"])):
+      next(self._packer)

@@ -1,0 +1,173 @@
+"""Held-out evaluation of a checkpoint against its step-0 baseline.
+
+Generation tasks are decoded greedily (KV cache) and scored with the task's own
+metric functions; classification tasks are scored by rank classification: every
+answer choice is scored as a target and the most likely one is the prediction.
+Examples of all tasks share fixed-shape batches, so each function is compiled
+once per run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import gin
+import jax
+import numpy as np
+import seqio
+from flax import nnx
+
+from sft_jax.data import mixtures, packing
+from sft_jax.data.vocabularies import EOS_ID
+from sft_jax.evaluation import report as report_lib
+from sft_jax.train import checkpoints, partitioning
+from sft_jax.train import state as state_lib
+
+
+@dataclasses.dataclass
+class EvalExample:
+  """One evaluation instance: tokenized prompt, target strings and optional choices."""
+
+  task: str
+  inputs: np.ndarray
+  target: str
+  answer_choices: tuple[str, ...]
+
+
+def load_examples(task_name: str, split: str, max_examples: int) -> list[EvalExample]:
+  """The first `max_examples` examples of a task's split, in their fixed order."""
+  task = seqio.get_mixture_or_task(task_name)
+  dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                             trim_output_features=False)
+  out = []
+  for ex in dataset.take(max_examples).as_numpy_iterator():
+    choices = tuple(c.decode() for c in ex.get("answer_choices", ()))
+    out.append(EvalExample(task_name, ex["inputs"], ex["targets_pretokenized"].decode(), choices))
+  if not out:
+    raise ValueError(f"task {task_name!r} has no examples in split {split!r}")
+  return out
+
+
+def _chunks(items: Sequence, size: int):
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+class CheckpointScorer:
+  """Jitted decoding and scoring for one set of parameters, with fixed batch shapes."""
+
+  def __init__(self, model: Any, graphdef: Any, params: Any, mesh: jax.sharding.Mesh,
+               batch_size: int, input_length: int, target_length: int):
+    self._params, self._mesh = params, mesh
+    self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
+    self._predict = jax.jit(lambda p, b: model.predict_batch(nnx.merge(graphdef, p), b, target_length))
+    self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
+
+  def _run(self, fn: Callable, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Applies `fn` to (inputs, targets) pairs in padded fixed-size batches."""
+    outputs = []
+    for chunk in _chunks(pairs, self.batch_size):
+      padded = list(chunk) + [chunk[-1]] * (self.batch_size - len(chunk))
+      batch = packing.pad_unpacked([{"inputs": i, "targets": t} for i, t in padded],
+                                   self.input_length, self.target_length)
+      result = fn(self._params, partitioning.global_batch(batch, self._mesh))
+      outputs.append(np.asarray(jax.device_get(result))[:len(chunk)])
+    return np.concatenate(outputs)
+
+  def generate(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
+    """Greedy continuations of each example's prompt, as strings (EOS and after dropped)."""
+    dummy = np.array([EOS_ID], np.int32)
+    tokens = self._run(self._predict, [(ex.inputs, dummy) for ex in examples])
+    texts = []
+    for row in tokens:
+      ends = np.flatnonzero(row == EOS_ID)
+      row = row[:ends[0]] if len(ends) else row
+      texts.append(vocab.decode(row[row > 0].tolist()))
+    return texts
+
+  def rank_choices(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
+    """The answer choice with the highest target log-likelihood, per example."""
+    pairs, owners = [], []
+    for k, ex in enumerate(examples):
+      for choice in ex.answer_choices:
+        pairs.append((ex.inputs, np.array(vocab.encode(choice) + [EOS_ID], np.int32)))
+        owners.append(k)
+    loglik = self._run(self._score, pairs)
+    best: dict[int, tuple[float, str]] = {}
+    flat_choices = [c for ex in examples for c in ex.answer_choices]
+    for k, ll, choice in zip(owners, loglik, flat_choices):
+      if k not in best or ll > best[k][0]:
+        best[k] = (float(ll), choice)
+    return [best[k][1] for k in range(len(examples))]
+
+
+def score_tasks(scorer: CheckpointScorer, eval_tasks: Sequence[mixtures.EvalTask],
+                examples: dict[str, list[EvalExample]], vocab: seqio.Vocabulary) -> dict[str, dict[str, float]]:
+  """Runs every task's metrics on the scorer's predictions; one batched pass per kind."""
+  predictions: dict[str, list[str]] = {}
+  for kind, predict in (("generation", scorer.generate), ("classification", scorer.rank_choices)):
+    names = [t.task_name for t in eval_tasks if t.kind == kind]
+    flat = [ex for name in names for ex in examples[name]]
+    if not flat:
+      continue
+    outputs = iter(predict(flat, vocab))
+    for name in names:
+      predictions[name] = [next(outputs) for _ in examples[name]]
+  scores = {}
+  for t in eval_tasks:
+    task = seqio.get_mixture_or_task(t.task_name)
+    targets = [ex.target for ex in examples[t.task_name]]
+    scores[t.task_name] = {}
+    for metric_fn in task.metric_fns:
+      scores[t.task_name].update({k: float(v) for k, v in metric_fn(targets, predictions[t.task_name]).items()})
+  return scores
+
+
+@gin.configurable
+def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQUIRED, model: Any = gin.REQUIRED,
+                     vocabulary: seqio.Vocabulary | None = None, step: int | None = None, seed: int = 0,
+                     split: str = "test", max_examples_per_task: int = 100, batch_size: int = 128,
+                     input_length: int = 256, target_length: int = 64,
+                     out_dir: str | None = None) -> dict:
+  """Scores a checkpoint of `model_dir` (latest unless `step`) and the step-0 model on the
+  mixture's declared evaluation tasks; writes report.{json,md,png} to `model_dir/eval`."""
+  split_decl = mixtures.get_heldout_split(mixture_name)
+  examples = {t.task_name: load_examples(t.task_name, split, max_examples_per_task)
+              for t in split_decl.eval_tasks}
+  vocab = vocabulary or seqio.get_mixture_or_task(split_decl.eval_tasks[0].task_name).output_features[
+      "targets"].vocabulary
+  mesh = partitioning.create_mesh()
+  rules = partitioning.logical_axis_rules()
+  checkpointer = checkpoints.Checkpointer(model_dir)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise ValueError(f"no checkpoint in {checkpointer.directory}")
+
+  scores_by_step = {}
+  with state_lib.mesh_context(mesh, rules):
+    for label, load in (("trained", functools.partial(state_lib.restore_params, checkpointer, step)),
+                        ("baseline", state_lib.init_params)):
+      graphdef, params = load(model, seed, mesh, rules)
+      scorer = CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length)
+      scores_by_step[label] = score_tasks(scorer, split_decl.eval_tasks, examples, vocab)
+      logging.info("scored %s parameters on %d tasks", label, len(examples))
+
+  task_info = {t.task_name: {"cluster": t.cluster, "heldout": t.heldout, "kind": t.kind,
+                             "num_examples": len(examples[t.task_name])} for t in split_decl.eval_tasks}
+  report = report_lib.build_report(step, os.path.abspath(model_dir), scores_by_step["trained"], task_info,
+                                   0, scores_by_step["baseline"])
+  if jax.process_index() == 0:
+    paths = report_lib.write_report(report, out_dir or os.path.join(model_dir, "eval"))
+    logging.info("wrote %s", paths)
+  return report
+
+
+def summary_line(report: dict) -> str:
+  """One line with both means against the baseline, for the console."""
+  b = report["baseline"]
+  return (f"step {report['step']}: seen_mean {report['seen_mean']:.3f} (step {b['step']}: {b['seen_mean']:.3f}), "
+          f"heldout_mean {report['heldout_mean']:.3f} (step {b['step']}: {b['heldout_mean']:.3f})")

@@ -1,0 +1,140 @@
+"""Building blocks shared by the T5 and decoder-only networks.
+
+Every parameter is an `nnx.Param` whose `out_sharding` metadata holds logical axis names
+("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"); the trainer maps them to mesh axes
+with `nnx.logical_axis_rules`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import math
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+LogicalAxes = tuple[str | None, ...]
+
+
+def logical_param(value: jax.Array, names: LogicalAxes) -> nnx.Param:
+  """Wraps `value` in an `nnx.Param` annotated with logical axis `names`.
+
+  Under a mesh (`jax.set_mesh`) the value is sharded at creation, as flax 0.12 does by default;
+  without one it stays where it is, so models can be built on a single device with no mesh.
+  """
+  if len(names) != value.ndim:
+    raise ValueError(f"{len(names)} axis names {names} for a parameter of shape {value.shape}")
+  eager = nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
+  return nnx.Param(value, out_sharding=names, eager_sharding=eager)
+
+
+def variance_scaling_init(scale: float, num_in_axes: int, distribution: str) -> Initializer:
+  """Fan-in variance scaling over the first `num_in_axes` axes of a kernel."""
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
+    in_axes = tuple(range(num_in_axes))
+    out_axes = tuple(range(num_in_axes, len(shape)))
+    return jax.nn.initializers.variance_scaling(
+        scale, "fan_in", distribution, in_axis=in_axes, out_axis=out_axes)(key, shape, dtype)
+
+  return init
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  """Inverted dropout; the identity when `rng` is None or `rate` is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def split_rng(rng: jax.Array | None, num: int) -> list[jax.Array | None]:
+  """Splits a dropout key into `num` keys, or returns `num` Nones when there is no key."""
+  if rng is None:
+    return [None] * num
+  return list(jax.random.split(rng, num))
+
+
+class RMSNorm(nnx.Module):
+  """T5 layer norm: scale by the root mean square, no mean subtraction, no bias."""
+
+  def __init__(self, features: int, *, epsilon: float = 1e-6, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32):
+    self.epsilon = epsilon
+    self.dtype = dtype
+    self.scale = logical_param(jnp.ones((features,), param_dtype), ("embed",))
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    # The variance is taken in float32 whatever the activation dtype, as in T5.
+    x_f32 = x_BxLxD.astype(jnp.float32)
+    mean_sq_BxLx1 = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
+    normed = x_f32 * jax.lax.rsqrt(mean_sq_BxLx1 + self.epsilon)
+    scale = self.scale[...].astype(self.dtype)
+    return normed.astype(self.dtype) * scale.reshape((1,) * (normed.ndim - 1) + scale.shape)
+
+
+class Embed(nnx.Module):
+  """Token embedding table of shape [vocab, embed]."""
+
+  def __init__(self, num_embeddings: int, features: int, *, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    # T5 initializes embeddings with unit variance and never rescales them by sqrt(d_model).
+    table = jax.random.normal(rngs.params(), (num_embeddings, features), param_dtype)
+    self.embedding = logical_param(table, ("vocab", "embed"))
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], tokens_BxL, axis=0).astype(self.dtype)
+
+
+class DenseGeneral(nnx.Module):
+  """Bias-free projection contracting the trailing `in_shape` axes of the input.
+
+  The kernel has shape `in_shape + out_shape`, e.g. [embed, heads, kv] for a query projection
+  and [heads, kv, embed] for an attention output projection.
+  """
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], axis_names: LogicalAxes,
+               *, kernel_init: Initializer | None = None, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.num_in = len(in_shape)
+    self.dtype = dtype
+    shape = tuple(in_shape) + tuple(out_shape)
+    if kernel_init is None:
+      kernel_init = variance_scaling_init(1.0, self.num_in, "truncated_normal")
+    self.kernel = logical_param(kernel_init(rngs.params(), shape, param_dtype), axis_names)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(self.dtype)
+    return jnp.tensordot(x.astype(self.dtype), kernel, axes=self.num_in)
+
+
+class GatedGeluMlp(nnx.Module):
+  """T5 v1.1 feed-forward block: wo(gelu(wi_0 x) * wi_1 x)."""
+
+  def __init__(self, d_model: int, d_ff: int, *, dropout_rate: float = 0.0,
+               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.dropout_rate = dropout_rate
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wi_0 = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
+    self.wi_1 = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
+    self.wo = DenseGeneral((d_ff,), (d_model,), ("mlp", "embed"), **kw)
+
+  def __call__(self, x_BxLxD: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
+    # T5 v1.1 checkpoints were trained with the tanh approximation ("gelu_new" in HF).
+    hidden_BxLxF = jax.nn.gelu(self.wi_0(x_BxLxD), approximate=True) * self.wi_1(x_BxLxD)
+    hidden_BxLxF = dropout(hidden_BxLxF, self.dropout_rate, dropout_rng)
+    return self.wo(hidden_BxLxF)
+
+
+def attention_query_init(head_dim: int) -> Initializer:
+  """Query kernel init with T5's 1/sqrt(head_dim) folded in (T5 does not scale logits)."""
+  base = variance_scaling_init(1.0, 1, "truncated_normal")
+
+  def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype) -> jax.Array:
+    return base(key, shape, dtype) / jnp.asarray(math.sqrt(head_dim), dtype)
+
+  return init

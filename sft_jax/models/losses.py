@@ -1,0 +1,45 @@
+"""Token cross-entropy with label smoothing and z-loss, as in t5x `cross_entropy_with_logits`."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def weighted_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
+                           weights_BxT: jax.Array | None, label_smoothing: float = 0.0,
+                           z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Returns (loss_sum, z_loss_sum, weight_sum) summed over weighted tokens.
+
+  `loss_sum` already includes the z-loss term (`z_loss * logsumexp(logits)**2` per token) and is
+  shifted by the entropy of the smoothed targets so that a perfect prediction scores 0, as in t5x.
+  Callers normalize by a global token count; `weights_BxT=None` weighs every token by 1.
+  """
+  vocab_size = logits_BxTxV.shape[-1]
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  if weights_BxT is None:
+    weights_BxT = jnp.ones(targets_BxT.shape, jnp.float32)
+  weights_BxT = weights_BxT.astype(jnp.float32)
+
+  confidence = 1.0 - label_smoothing
+  low_confidence = (1.0 - confidence) / (vocab_size - 1)
+  normalizing_constant = -(confidence * math.log(confidence)
+                           + (vocab_size - 1) * low_confidence * math.log(low_confidence + 1e-20))
+
+  log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  log_probs_BxTxV = logits_BxTxV - log_z_BxT[..., None]
+  target_log_prob_BxT = jnp.take_along_axis(
+      log_probs_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  # sum_v soft_target_v * log p_v without materializing the [B, T, V] one-hot targets.
+  cross_entropy_BxT = -((confidence - low_confidence) * target_log_prob_BxT
+                        + low_confidence * jnp.sum(log_probs_BxTxV, axis=-1))
+  z_loss_BxT = z_loss * jnp.square(log_z_BxT)
+  loss_BxT = cross_entropy_BxT + z_loss_BxT - normalizing_constant
+
+  # `where` rather than a product so that non-finite logits on padding cannot leak into the sum.
+  nonzero_BxT = weights_BxT != 0
+  loss_sum = jnp.sum(jnp.where(nonzero_BxT, loss_BxT * weights_BxT, 0.0))
+  z_loss_sum = jnp.sum(jnp.where(nonzero_BxT, z_loss_BxT * weights_BxT, 0.0))
+  return loss_sum, z_loss_sum, jnp.sum(weights_BxT)

@@ -1,0 +1,64 @@
+"""The train step: a pure function `train_step(state, batch) -> (state, metrics)`.
+
+The loss is the sum of target-token cross-entropies divided by the number of
+target tokens in the whole global batch (not per example, not per row), so every
+target token weighs the same however the examples were packed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step updates: step counter, parameters and optimizer state."""
+
+  step: jax.Array
+  params: Any  # nnx.State holding the model's nnx.Param variables
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static parts of the step, closed over before jitting."""
+
+  graphdef: Any
+  model: Any  # the model interface: loss_fn(module, batch, ...)
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  label_smoothing: float = 0.0
+  z_loss: float = 0.0
+  dropout_seed: int = 0
+
+
+def train_step(config: StepConfig, state: TrainState,
+               batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on a global batch; returns the new state and scalar metrics."""
+  dropout_rng = jax.random.fold_in(jax.random.key(config.dropout_seed), state.step)
+
+  def loss_of(params):
+    module = nnx.merge(config.graphdef, params)
+    loss_sum, weight_sum, aux = config.model.loss_fn(
+        module, batch, dropout_rng=dropout_rng, label_smoothing=config.label_smoothing,
+        z_loss=config.z_loss)
+    return loss_sum / jnp.maximum(weight_sum, 1.0), (weight_sum, aux)
+
+  (loss, (weight_sum, aux)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": loss,
+      "target_tokens": weight_sum,
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": jnp.asarray(config.schedule(state.step), jnp.float32),
+  }
+  metrics.update({k: v / jnp.maximum(weight_sum, 1.0) for k, v in aux.items() if k.endswith("_sum")})
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,0 +1,168 @@
+"""T5Transformer: packing isolation, parameter metadata and count, jit behaviour, dropout."""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sft_jax.models import t5
+
+TINY = t5.T5Config(d_model=32, num_heads=2, head_dim=8, d_ff=64, num_encoder_layers=2,
+                   num_decoder_layers=2)
+LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "kv", "relpos_buckets"}
+
+
+@pytest.fixture(scope="module")
+def module():
+  return t5.EncoderDecoderModel(TINY).init(0)
+
+
+def _shift_right(targets):
+  return np.concatenate([[0], targets[:-1]])
+
+
+def _pack(examples, enc_len, dec_len):
+  """One packed row of (inputs, targets) pairs in seqio EncDecFeatureConverter layout."""
+  row = {k: np.zeros((1, enc_len if k.startswith("encoder") else dec_len), np.int32)
+         for k in ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+                   "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+                   "decoder_positions")}
+  e = d = 0
+  for seg, (inputs, targets) in enumerate(examples, start=1):
+    row["encoder_input_tokens"][0, e:e + len(inputs)] = inputs
+    row["encoder_segment_ids"][0, e:e + len(inputs)] = seg
+    row["encoder_positions"][0, e:e + len(inputs)] = np.arange(len(inputs))
+    row["decoder_target_tokens"][0, d:d + len(targets)] = targets
+    row["decoder_input_tokens"][0, d:d + len(targets)] = _shift_right(targets)
+    row["decoder_segment_ids"][0, d:d + len(targets)] = seg
+    row["decoder_positions"][0, d:d + len(targets)] = np.arange(len(targets))
+    e, d = e + len(inputs), d + len(targets)
+  return {k: jnp.asarray(v) for k, v in row.items()}
+
+
+def _packed_logits(module, row):
+  return np.asarray(module(
+      row["encoder_input_tokens"], row["decoder_input_tokens"],
+      encoder_segment_ids=row["encoder_segment_ids"], decoder_segment_ids=row["decoder_segment_ids"],
+      encoder_positions=row["encoder_positions"], decoder_positions=row["decoder_positions"]))
+
+
+def _unpacked_logits(module, inputs, targets, enc_len, dec_len):
+  enc = np.zeros((1, enc_len), np.int32)
+  enc[0, :len(inputs)] = inputs
+  dec = np.zeros((1, dec_len), np.int32)
+  dec[0, :len(targets)] = _shift_right(targets)
+  return np.asarray(module(jnp.asarray(enc), jnp.asarray(dec)))[0, :len(targets)]
+
+
+def test_packed_examples_are_isolated(module):
+  ex1 = ([5, 6, 7, 8, 1], [20, 21, 22, 1])
+  ex2 = ([9, 10, 11, 1], [30, 31, 1])
+  ex2_changed = ([40, 41, 42, 43], [50, 51, 52])
+  logits = _packed_logits(module, _pack([ex1, ex2], 12, 9))
+  logits_changed = _packed_logits(module, _pack([ex1, ex2_changed], 12, 9))
+  assert np.all(np.isfinite(logits)), "padding rows must stay finite"
+  np.testing.assert_allclose(logits_changed[0, :4], logits[0, :4], atol=1e-5)
+  assert not np.allclose(logits_changed[0, 4:7], logits[0, 4:7], atol=1e-3)
+  # Each example, packed, scores as if it were alone (positions restart per segment).
+  np.testing.assert_allclose(logits[0, :4], _unpacked_logits(module, *ex1, 7, 6), atol=1e-4)
+  np.testing.assert_allclose(logits[0, 4:7], _unpacked_logits(module, *ex2, 6, 5), atol=1e-4)
+
+
+def test_every_param_has_logical_axis_names(module):
+  params = nnx.state(module, nnx.Param)
+  specs = nnx.get_partition_spec(params)
+  leaves = jax.tree.leaves(params)
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert len(leaves) == len(spec_leaves) > 0
+  for value, spec in zip(leaves, spec_leaves):
+    assert len(spec) == value.ndim
+    assert set(spec) <= LOGICAL_AXES, spec
+
+
+def test_logical_names_map_to_mesh_axes_under_rules():
+  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  rules = (("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+           ("kv", None), ("relpos_buckets", None))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    module = t5.EncoderDecoderModel(TINY).init(0)
+    kernel = module.encoder.layers[0].mlp.wi_0.kernel
+    assert kernel[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    query = module.decoder.layers[1].self_attention.query.kernel
+    assert query[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+
+
+def _hand_param_count(c: t5.T5Config) -> int:
+  d, inner, v = c.d_model, c.num_heads * c.head_dim, c.vocab_size
+  attention = 4 * d * inner
+  mlp = 3 * d * c.d_ff
+  relpos = c.num_heads * c.relative_attention_num_buckets
+  encoder_layer = attention + mlp + 2 * d
+  decoder_layer = 2 * attention + mlp + 3 * d
+  return (v * d                                                   # shared token embedding
+          + c.num_encoder_layers * encoder_layer + relpos + d     # encoder + final norm
+          + c.num_decoder_layers * decoder_layer + relpos + d     # decoder + final norm
+          + d * v)                                                # untied output head
+
+
+@pytest.mark.parametrize("config,expected", [(TINY, 53_952), (t5.T5Config(), 1_247_744)])
+def test_param_count(config, expected):
+  module = t5.EncoderDecoderModel(config).init(0)
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+  assert _hand_param_count(config) == expected
+  assert count == expected
+
+
+def _batch(seed):
+  rng = np.random.default_rng(seed)
+  enc = rng.integers(3, 259, size=(2, 8)).astype(np.int32)
+  enc[1, 5:] = 0
+  tgt = rng.integers(3, 259, size=(2, 6)).astype(np.int32)
+  tgt[:, 4] = 1
+  tgt[:, 5] = 0
+  dec = np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1)
+  return {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec),
+          "decoder_target_tokens": jnp.asarray(tgt)}
+
+
+def test_jit_after_split_merge_traces_once(module):
+  model = t5.EncoderDecoderModel(TINY)
+  graphdef, state = nnx.split(module)
+  traces = {"loss": 0, "predict": 0}
+
+  @jax.jit
+  def loss(state, batch):
+    traces["loss"] += 1
+    return model.loss_fn(nnx.merge(graphdef, state), batch, z_loss=1e-4)
+
+  @jax.jit
+  def predict(state, batch):
+    traces["predict"] += 1
+    return model.predict_batch(nnx.merge(graphdef, state), batch, 7)
+
+  with jax.checking_leaks():
+    for seed in range(2):
+      batch = _batch(seed)
+      loss_sum, weight_sum, aux = loss(state, batch)
+      tokens = predict(state, batch)
+      eager_loss, _, _ = model.loss_fn(module, batch, z_loss=1e-4)
+      np.testing.assert_allclose(float(loss_sum), float(eager_loss), rtol=1e-5)
+      assert float(weight_sum) == 10.0 and set(aux) >= {"z_loss_sum", "cross_entropy_sum"}
+      assert tokens.shape == (2, 7) and tokens.dtype == jnp.int32
+  assert traces == {"loss": 1, "predict": 1}
+
+
+def test_dropout_needs_rng_and_changes_outputs():
+  config = t5.T5Config(d_model=32, num_heads=2, head_dim=8, d_ff=64, dropout_rate=0.3)
+  model = t5.EncoderDecoderModel(config)
+  module = model.init(0)
+  batch = _batch(0)
+  eval_loss = model.loss_fn(module, batch)[0]
+  np.testing.assert_allclose(float(model.loss_fn(module, batch)[0]), float(eval_loss))
+  loss_a = model.loss_fn(module, batch, dropout_rng=jax.random.key(1))[0]
+  loss_b = model.loss_fn(module, batch, dropout_rng=jax.random.key(2))[0]
+  assert float(loss_a) != float(eval_loss) and float(loss_a) != float(loss_b)
+  with pytest.raises(ValueError, match="dropout_rng"):
+    module(batch["encoder_input_tokens"], batch["decoder_input_tokens"], deterministic=False)
