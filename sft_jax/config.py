@@ -40,7 +40,7 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
 def import_mixture_modules() -> None:
   """Imports the modules listed in the MIXTURE_MODULES macro (they register tasks)."""
   try:
-    modules = gin.query_parameter("MIXTURE_MODULES.value")
+    modules = gin.query_parameter("%MIXTURE_MODULES")
   except ValueError:
     modules = ()
   for module in modules or ():
@@ -71,3 +71,12 @@ def setup_logging() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  logging.getLogger().addFilter(_GinProbeFilter())
+
+
+class _GinProbeFilter(logging.Filter):
+  """gin logs "Path not found" at ERROR while probing Python packages for an include
+  that a search path then finds; a missing file still fails the parse loudly."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Path not found")

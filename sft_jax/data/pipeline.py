@@ -14,8 +14,17 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from sft_jax.data import packing
+
+
+def get_dataset(mixture_or_task_name: str, **kwargs) -> tf.data.Dataset:
+  """seqio's get_dataset for a task or a mixture, keeping `*_pretokenized` for both."""
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  if isinstance(provider, seqio.Mixture):
+    kwargs.setdefault("copy_pretokenized", True)
+  return provider.get_dataset(**kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +37,6 @@ class InputConfig:
   target_length: int
   split: str = "train"
   seed: int = 0
-  shuffle_buffer_size: int = 1000
 
 
 class TrainInput:
@@ -45,11 +53,11 @@ class TrainInput:
 
   def _new_packer(self) -> packing.BestFitPacker:
     c = self.config
-    dataset = seqio.get_mixture_or_task(c.mixture_or_task_name).get_dataset(
+    dataset = get_dataset(
+        c.mixture_or_task_name,
         sequence_length=None,  # the packer truncates and counts truncations
         split=c.split,
         shuffle=True,
-        shuffle_buffer_size=c.shuffle_buffer_size,
         seed=c.seed,
         shard_info=self._shard_info,
         num_epochs=None,

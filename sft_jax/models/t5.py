@@ -164,6 +164,7 @@ class Encoder(nnx.Module):
   def __call__(self, x_BxSxD: jax.Array, segment_ids_BxS: jax.Array, positions_BxS: jax.Array,
                dropout_rng: jax.Array | None) -> jax.Array:
     rngs = layers.split_rng(dropout_rng, len(self.layers) + 2)
+    positions_BxS = jnp.broadcast_to(jnp.arange(positions_BxS.shape[1])[None], positions_BxS.shape)
     bias_BxHxSxS = self.relpos_bias(positions_BxS, positions_BxS)
     x_BxSxD = layers.dropout(x_BxSxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):
@@ -306,6 +307,7 @@ def _default_positions(tokens_BxL: jax.Array) -> jax.Array:
 Batch = Mapping[str, jax.Array]
 
 
+@gin.configurable
 class EncoderDecoderModel:
   """What the trainer and evaluator call: init, loss_fn, score_batch, predict_batch."""
 

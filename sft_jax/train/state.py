@@ -55,8 +55,11 @@ def init_train_state(model: Any, optimizer: optax.GradientTransformation, seed: 
                      mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]]) -> tuple[Any, TrainState]:
   """(graphdef, step-0 train state); optimizer state follows the parameter shardings."""
   graphdef, params = init_params(model, seed, mesh, rules)
-  opt_state = jax.jit(optimizer.init)(params)
-  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+  # One jit builds the rest, so every leaf (the step counter too) comes out committed
+  # to the mesh; an uncommitted leaf would make the train step compile a second time.
+  create = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)))
+  with mesh_context(mesh, rules):
+    return graphdef, create(params)
 
 
 def shardings_of(tree: Any) -> Any:
@@ -81,7 +84,8 @@ def restore_train_state(checkpointer: checkpoints.Checkpointer, step: int,
   """Restores the train state saved at `step` onto the structure and shardings of `like`."""
   items, data_state = checkpointer.restore(
       step, {"params": abstract_like(like.params), "opt_state": abstract_like(like.opt_state)})
-  state = TrainState(step=jnp.asarray(step, jnp.int32), params=items["params"], opt_state=items["opt_state"])
+  step_array = jax.device_put(jnp.asarray(step, jnp.int32), like.step.sharding)
+  state = TrainState(step=step_array, params=items["params"], opt_state=items["opt_state"])
   return state, data_state
 
 

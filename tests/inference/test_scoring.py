@@ -1,5 +1,6 @@
 """score_batch and the scoring helpers against numpy log-softmax."""
 
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,18 +25,22 @@ def test_score_batch_equals_log_softmax_gather_sum():
   dec = np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1)
   batch = {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec),
            "decoder_target_tokens": jnp.asarray(tgt)}
-  got = np.asarray(model.score_batch(module, batch))
+  score = nnx.jit(model.score_batch)
+  got = np.asarray(score(module, batch))
 
-  encoded = module.encode(jnp.asarray(enc))
-  logits = np.asarray(module.decode(encoded, jnp.asarray((enc != 0).astype(np.int32)),
-                                    jnp.asarray(dec)))
+  @nnx.jit
+  def logits_fn(module):
+    encoded = module.encode(jnp.asarray(enc))
+    return module.decode(encoded, jnp.asarray((enc != 0).astype(np.int32)), jnp.asarray(dec))
+
+  logits = np.asarray(logits_fn(module))
   token_ll = np.take_along_axis(_np_log_softmax(logits), tgt[..., None], -1)[..., 0]
   want = (token_ll * (tgt != 0)).sum(-1)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
   # Explicit loss weights take precedence over `targets != 0`.
   weights = np.array([[0, 1, 1, 0], [1, 1, 0, 0]], np.int32)
-  got_weighted = np.asarray(model.score_batch(
+  got_weighted = np.asarray(score(
       module, {**batch, "decoder_loss_weights": jnp.asarray(weights)}))
   np.testing.assert_allclose(got_weighted, (token_ll * weights).sum(-1), rtol=1e-5)
 

@@ -12,6 +12,7 @@ tasks (seen). No download: every example is generated from a seed.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from typing import Iterator, Sequence
 
@@ -30,6 +31,18 @@ HELDOUT_TEMPLATES_SUFFIX = ".heldout_templates"
 EVAL_SEED = 0
 # Finite evaluation splits; training streams are unlimited.
 EVAL_EXAMPLES = {"validation": 200, "test": 200}
+
+
+
+class _DropUncachedFunctionWarning(logging.Filter):
+  """seqio warns that uncached function sources reshuffle badly on restart; these
+  streams are seeded and the trainer replays them exactly on resume, so it does not apply."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "uncached FunctionDataset" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUncachedFunctionWarning())
 
 _OUTPUT_SIGNATURE = {
     "inputs": tf.TensorSpec([], tf.string),

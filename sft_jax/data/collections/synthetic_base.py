@@ -47,7 +47,7 @@ def make_task(
     heldout_phrasings: Sequence[str],
     heldout: bool = False,
 ) -> SyntheticTask:
-  """Builds a task from template patterns: `train` for training, `heldout_phrasings` for eval only."""
+  """Builds a task; `train` patterns are trained on, `heldout_phrasings` only evaluated."""
   return SyntheticTask(
       name=name,
       cluster=cluster,
@@ -57,6 +57,11 @@ def make_task(
       generate=generate,
       heldout=heldout,
   )
+
+
+# ---------------------------------------------------------------------------------------------
+# Instances.
+# ---------------------------------------------------------------------------------------------
 
 
 def gen_instance(input_text: str, target: object) -> Instance:
@@ -71,10 +76,6 @@ def cls_instance(input_text: str, target: object, choices: Sequence[object]) -> 
     raise ValueError(f"target {target!r} not among answer choices {choices}")
   return {"input": input_text, "target": str(target), "answer_choices": choices}
 
-
-# ---------------------------------------------------------------------------------------------
-# Instances.
-# ---------------------------------------------------------------------------------------------
 
 YES_NO = ("yes", "no")
 
@@ -187,7 +188,7 @@ def sample_numbers(rng: random.Random, lo: int, hi: int, high: int = 99) -> list
 
 
 def sample_items(rng: random.Random, lo: int, hi: int, max_chars: int = 20) -> list[str]:
-  """Draws a list of either words or numbers, so list skills do not tie to one item type."""
+  """Draws words or numbers (as strings), so list skills do not tie to one item type."""
   if rng.random() < 0.5:
     return sample_words(rng, lo, hi, max_chars)
   return [str(n) for n in sample_numbers(rng, lo, hi)]
@@ -207,14 +208,14 @@ def pseudo_word(rng: random.Random, lo: int, hi: int, start_with_vowel: bool | N
 
 
 def word_or_pseudo(rng: random.Random) -> str:
-  """Draws a vocabulary word or a made-up one; the mix keeps letter tasks about letters, not words."""
+  """Draws a vocabulary word or a made-up one, so letter tasks are about letters, not words."""
   return rng.choice(WORDS) if rng.random() < 0.5 else pseudo_word(rng, 3, 6)
 
 
 def addition_problem(rng: random.Random) -> tuple[str, int]:
   """Draws `a + b` and its sum; one operand is a single digit."""
   # One small operand keeps carries within what a tiny model learns in minutes.
-  a, b = rng.randint(0, 59), rng.randint(0, 9)
+  a, b = rng.randint(0, 89), rng.randint(0, 9)
   if rng.random() < 0.5:
     a, b = b, a
   return f"{a} + {b}", a + b
@@ -222,7 +223,7 @@ def addition_problem(rng: random.Random) -> tuple[str, int]:
 
 def subtraction_problem(rng: random.Random) -> tuple[str, int]:
   """Draws `a - b` with a positive difference and a single-digit `b`, and the difference."""
-  a, b = rng.randint(10, 69), rng.randint(0, 9)
+  a, b = rng.randint(10, 99), rng.randint(0, 9)
   return f"{a} - {b}", a - b
 
 

@@ -3,8 +3,8 @@
 Each task has a definition, several instruction templates and a generator of fresh instances.
 Tasks are sized for a tiny byte-level model trained on CPU in minutes: short inputs over a small
 fixed vocabulary, short targets, operations a small seq2seq model learns quickly. This module
-holds the list, string, counting and arithmetic clusters and the registry; the other clusters
-live in `synthetic_tasks_more`, the shared building blocks in `synthetic_base`.
+holds the list, string, counting, arithmetic and reasoning clusters and the registry; the other
+clusters live in `synthetic_tasks_more`, the shared building blocks in `synthetic_base`.
 
 Held-out evaluation has three layers:
   * whole clusters never trained on (`HELDOUT_CLUSTERS`): multiple-choice versions of trained
@@ -52,7 +52,8 @@ def _last_item(rng: random.Random) -> sb.Instance:
 def _remove_item(rng: random.Random) -> sb.Instance:
   items = sb.sample_items(rng, 2, 4, max_chars=18)
   item = rng.choice(items)
-  return sb.gen_instance(f"list: {sb.join_items(items)}; remove: {item}", sb.join_items(sb.remove_item(items, item)))
+  rest = sb.join_items(sb.remove_item(items, item))
+  return sb.gen_instance(f"list: {sb.join_items(items)}; remove: {item}", rest)
 
 
 def _item_at_position(rng: random.Random) -> sb.Instance:
@@ -198,7 +199,8 @@ STRING_TASKS = (
          "Word: {input}\nReversed:"],
         ["Write this word from its last letter to its first: {input}"]),
     sb.make_task(
-        "remove_vowels", STRING, "Delete every vowel (a, e, i, o, u) from the text and output the rest.",
+        "remove_vowels", STRING,
+        "Delete every vowel (a, e, i, o, u) from the text and output the rest.",
         _remove_vowels,
         ["Remove all vowels (a, e, i, o, u) from the text.\n{input}",
          "{input}\nDelete every vowel and write what is left.",
@@ -228,11 +230,13 @@ def _count_items(rng: random.Random) -> sb.Instance:
 
 
 def _count_letter(rng: random.Random) -> sb.Instance:
-  text = " ".join(sb.sample_words(rng, 1, 2, max_chars=14))
-  present = sorted(set(text) - {" "})
-  # Mostly ask about a letter that occurs, so the answer is not dominated by 0.
-  letter = rng.choice(present) if rng.random() < 0.75 else rng.choice(sb.LETTERS)
-  return sb.gen_instance(f"letter: {letter}; text: {text}", sb.count_letter(text, letter))
+  # Pick the answer first: in short texts most letters occur once, which would swamp other counts.
+  want = rng.choice([0, 1, 2, 3])
+  while True:
+    text = " ".join(sb.sample_words(rng, 1, 3, max_chars=18))
+    letters = [c for c in sb.LETTERS if sb.count_letter(text, c) == want]
+    if letters:
+      return sb.gen_instance(f"letter: {rng.choice(letters)}; text: {text}", want)
 
 
 def _count_word(rng: random.Random) -> sb.Instance:
@@ -307,7 +311,8 @@ ARITH_TASKS = (
          "Compute: {input} ="],
         ["Work out the total of these numbers: {input}"]),
     sb.make_task(
-        "subtract_numbers", ARITH, "Subtract the second number from the first and output the result.",
+        "subtract_numbers", ARITH,
+        "Subtract the second number from the first and output the result.",
         _subtract_numbers,
         ["Subtract the second number from the first.\n{input}",
          "{input}\nWhat is the difference?",
@@ -322,11 +327,96 @@ ARITH_TASKS = (
 )
 
 # =============================================================================================
+# simple_reasoning
+# =============================================================================================
+
+REASON = "simple_reasoning"
+
+
+def _word_problem_add(rng: random.Random) -> sb.Instance:
+  return sb.gen_instance(*sb.word_problem(rng))
+
+
+def _word_problem_subtract(rng: random.Random) -> sb.Instance:
+  # Drawing the answer and the loss uniformly keeps small answers from dominating.
+  left, lost = rng.randint(1, 9), rng.randint(1, 9)
+  name, things = rng.choice(sb.NAMES), rng.choice(sb.PLURALS)
+  return sb.gen_instance(f"{name} had {left + lost} {things} and lost {lost}.", left)
+
+
+def _who_is_taller(rng: random.Random) -> sb.Instance:
+  a, b = rng.sample(sb.NAMES, 2)
+  if rng.random() < 0.5:
+    text, taller = f"{a} is taller than {b}.", a
+  else:
+    text, taller = f"{a} is shorter than {b}.", b
+  return sb.cls_instance(text, taller, sorted([a, b]))
+
+
+def _who_has_more(rng: random.Random) -> sb.Instance:
+  a, b = rng.sample(sb.NAMES, 2)
+  x, y = rng.sample(range(1, 10), 2)
+  text = f"{a} has {x} {rng.choice(sb.PLURALS)}. {b} has {y}."
+  return sb.cls_instance(text, a if x > y else b, sorted([a, b]))
+
+
+def _who_has_more_after(rng: random.Random) -> sb.Instance:
+  a, b = rng.sample(sb.NAMES, 2)
+  while True:
+    x, y, gift = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 5)
+    if x != y + gift:
+      break
+  text = f"{a} has {x}. {b} has {y} and gets {gift}."
+  return sb.cls_instance(text, a if x > y + gift else b, sorted([a, b]))
+
+
+REASON_TASKS = (
+    sb.make_task(
+        "word_problem_add", REASON, "Solve a one-step addition word problem; answer with a number.",
+        _word_problem_add,
+        ["Solve the word problem. Answer with a number.\n{input}",
+         "{input}\nHow many does this person have now?",
+         "Problem: {input}\nAnswer:"],
+        ["Read the story and give the final count: {input}"]),
+    sb.make_task(
+        "word_problem_subtract", REASON,
+        "Solve a one-step subtraction word problem; answer with a number.", _word_problem_subtract,
+        ["Work out the answer and reply with a number.\n{input}",
+         "{input}\nHow many are left?",
+         "Problem: {input}\nRemaining:"],
+        ["Read the story and tell how many remain: {input}"]),
+    sb.make_task(
+        "who_is_taller", REASON,
+        "Given a height comparison between two people, name the taller one.",
+        _who_is_taller,
+        ["Who is taller?\n{input}\n{options}",
+         "{input}\nWhich person is the taller one?\n{options}",
+         "Statement: {input}\nTaller person:\n{options}"],
+        ["Based on the sentence, name the person with greater height. {input}\n{options}"]),
+    sb.make_task(
+        "who_has_more", REASON, "Given how many things two people have, name the one who has more.",
+        _who_has_more,
+        ["Who has more?\n{input}\n{options}",
+         "{input}\nWhich person owns the larger number of things?\n{options}",
+         "Story: {input}\nPerson with more:\n{options}"],
+        ["Name the person holding the bigger amount. {input}\n{options}"]),
+    sb.make_task(
+        "who_has_more_after", REASON,
+        "Two people have some things and one of them gets more; name who has more in the end.",
+        _who_has_more_after,
+        ["Who has more in the end?\n{input}\n{options}",
+         "{input}\nAfter the gift, which person owns more things?\n{options}",
+         "Story: {input}\nPerson with more at the end:\n{options}"],
+        ["Add up what each person ends with; who has the bigger amount? {input}\n{options}"],
+        heldout=True),
+)
+
+# =============================================================================================
 # Registry and splits
 # =============================================================================================
 
 TASKS: tuple[SyntheticTask, ...] = (
-    LIST_TASKS + STRING_TASKS + COUNT_TASKS + ARITH_TASKS + more.MORE_TASKS
+    LIST_TASKS + STRING_TASKS + COUNT_TASKS + ARITH_TASKS + REASON_TASKS + more.MORE_TASKS
 )
 HELDOUT_CLUSTERS: tuple[str, ...] = more.HELDOUT_CLUSTERS
 
@@ -334,7 +424,8 @@ _TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 # Ten hash buckets per task: 80% train, 10% validation, 10% test.
 _SPLIT_BUCKETS = {"train": range(0, 8), "validation": range(8, 9), "test": range(9, 10)}
-# Every task's input space is thousands of inputs; this many misses in a row means it is not.
+# Each split owns >= 10% of a task's hundreds-to-thousands of inputs, so a long run of misses
+# means a task whose input space is broken, not bad luck.
 _MAX_CONSECUTIVE_MISSES = 10_000
 
 
@@ -368,7 +459,8 @@ def instances(task: SyntheticTask, split: str, seed: int) -> Iterator[sb.Instanc
     else:
       misses += 1
       if misses > _MAX_CONSECUTIVE_MISSES:
-        raise RuntimeError(f"task {task.name!r}: no {split} instance in {misses} draws; input space too small")
+        raise RuntimeError(
+            f"task {task.name!r}: no {split} instance in {misses} draws; input space too small")
 
 
 def _check_tasks(tasks: tuple[SyntheticTask, ...]) -> None:
@@ -380,13 +472,15 @@ def _check_tasks(tasks: tuple[SyntheticTask, ...]) -> None:
   for task in tasks:
     all_templates = task.templates + task.heldout_templates
     if len(task.templates) < 3 or not task.heldout_templates:
-      raise ValueError(f"task {task.name!r}: needs >= 3 training templates and >= 1 held-out template")
+      raise ValueError(
+          f"task {task.name!r}: needs >= 3 training templates and >= 1 held-out template")
     if len({t.name for t in all_templates}) != len(all_templates):
       raise ValueError(f"task {task.name!r}: template names are not unique")
     if {t.pattern for t in task.heldout_templates} & {t.pattern for t in task.templates}:
       raise ValueError(f"task {task.name!r}: a held-out template repeats a training template")
     if any(t.uses_options != task.is_classification for t in all_templates):
-      raise ValueError(f"task {task.name!r}: classification templates (and only those) must use {{options}}")
+      raise ValueError(
+          f"task {task.name!r}: classification templates (and only those) must use {{options}}")
   for cluster in HELDOUT_CLUSTERS:
     members = [task for task in tasks if task.cluster == cluster]
     if not members or not all(task.heldout for task in members):

@@ -1,4 +1,4 @@
-"""Synthetic task clusters: comparison, classification, extraction, format conversion, reasoning.
+"""Synthetic task clusters: comparison, classification, extraction, format conversion.
 
 Also the two held-out clusters, `option_selection` and `multiple_choice_math`: multiple-choice
 versions of trained skills (max/min, last item, membership, addition, counting, word problems),
@@ -100,7 +100,7 @@ COMPARE_TASKS = (
         ["Check whether both words are spelled identically: {input}\n{options}"]),
     sb.make_task(
         "first_larger_than_last", COMPARE,
-        "Given a list of numbers, answer yes if its first number is larger than its last, otherwise no.",
+        "Given a list of numbers, answer yes if its first number is larger than its last.",
         _first_larger_than_last,
         ["Is the first number in the list larger than the last one?\n{input}\n{options}",
          "{input}\nDoes the list start with a bigger number than it ends with?\n{options}",
@@ -147,7 +147,8 @@ def _list_contains_word(rng: random.Random) -> sb.Instance:
   words = sb.sample_words(rng, 2, 4)
   present = rng.random() < 0.5
   word = rng.choice(words) if present else rng.choice([w for w in sb.WORDS if w not in words])
-  return sb.cls_instance(f"list: {sb.join_items(words)}; word: {word}", sb.yes_no(present), sb.YES_NO)
+  text = f"list: {sb.join_items(words)}; word: {word}"
+  return sb.cls_instance(text, sb.yes_no(present), sb.YES_NO)
 
 
 def _starts_with_vowel(rng: random.Random) -> sb.Instance:
@@ -188,14 +189,15 @@ CLASSIFY_TASKS = (
         ["Can the given word be found among the items? {input}\n{options}"]),
     sb.make_task(
         "starts_with_vowel", CLASSIFY,
-        "Say whether the word starts with a vowel (a, e, i, o, u) or a consonant.", _starts_with_vowel,
+        "Say whether the word starts with a vowel (a, e, i, o, u) or a consonant.",
+        _starts_with_vowel,
         ["Does the word start with a vowel or a consonant?\n{input}\n{options}",
          "{input}\nIs the first letter of this word one of a, e, i, o, u?\n{options}",
          "Word: {input}\nFirst letter type:\n{options}"],
         ["Classify the opening letter of this word: {input}\n{options}"]),
     sb.make_task(
         "word_contains_letter", CLASSIFY,
-        "Given a word and a letter, answer yes if the letter occurs anywhere in the word, otherwise no.",
+        "Given a word and a letter, answer yes if the letter occurs anywhere in the word.",
         _word_contains_letter,
         ["Does the word contain the given letter?\n{input}\n{options}",
          "{input}\nCan that letter be found somewhere in the word?\n{options}",
@@ -236,7 +238,8 @@ _NAME_FRAMES = (
 
 def _extract_name(rng: random.Random) -> sb.Instance:
   name = rng.choice(sb.NAMES)
-  return sb.gen_instance(rng.choice(_NAME_FRAMES).format(name=name, noun=rng.choice(sb.WORDS)), name)
+  sentence = rng.choice(_NAME_FRAMES).format(name=name, noun=rng.choice(sb.WORDS))
+  return sb.gen_instance(sentence, name)
 
 
 def _initials(rng: random.Random) -> sb.Instance:
@@ -346,7 +349,8 @@ def _join_with_dash(rng: random.Random) -> sb.Instance:
 
 FORMAT_TASKS = (
     sb.make_task(
-        "comma_to_space", FORMAT, "Rewrite a comma-separated list with single spaces between items.",
+        "comma_to_space", FORMAT,
+        "Rewrite a comma-separated list with single spaces between items.",
         _comma_to_space,
         ["Rewrite the list with spaces instead of commas.\n{input}",
          "{input}\nSeparate these items with single spaces.",
@@ -397,89 +401,6 @@ FORMAT_TASKS = (
 )
 
 # =============================================================================================
-# simple_reasoning
-# =============================================================================================
-
-REASON = "simple_reasoning"
-
-
-def _word_problem_add(rng: random.Random) -> sb.Instance:
-  return sb.gen_instance(*sb.word_problem(rng))
-
-
-def _word_problem_subtract(rng: random.Random) -> sb.Instance:
-  a = rng.randint(2, 15)
-  b = rng.randint(1, a - 1)
-  return sb.gen_instance(f"{rng.choice(sb.NAMES)} had {a} {rng.choice(sb.PLURALS)} and lost {b}.", a - b)
-
-
-def _who_is_taller(rng: random.Random) -> sb.Instance:
-  a, b = rng.sample(sb.NAMES, 2)
-  if rng.random() < 0.5:
-    text, taller = f"{a} is taller than {b}.", a
-  else:
-    text, taller = f"{a} is shorter than {b}.", b
-  return sb.cls_instance(text, taller, sorted([a, b]))
-
-
-def _who_has_more(rng: random.Random) -> sb.Instance:
-  a, b = rng.sample(sb.NAMES, 2)
-  x, y = rng.sample(range(1, 10), 2)
-  text = f"{a} has {x} {rng.choice(sb.PLURALS)}. {b} has {y}."
-  return sb.cls_instance(text, a if x > y else b, sorted([a, b]))
-
-
-def _who_has_more_after(rng: random.Random) -> sb.Instance:
-  a, b = rng.sample(sb.NAMES, 2)
-  while True:
-    x, y, gift = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 5)
-    if x != y + gift:
-      break
-  text = f"{a} has {x}. {b} has {y} and gets {gift}."
-  return sb.cls_instance(text, a if x > y + gift else b, sorted([a, b]))
-
-
-REASON_TASKS = (
-    sb.make_task(
-        "word_problem_add", REASON, "Solve a one-step addition word problem; answer with a number.",
-        _word_problem_add,
-        ["Solve the word problem. Answer with a number.\n{input}",
-         "{input}\nHow many does this person have now?",
-         "Problem: {input}\nAnswer:"],
-        ["Read the story and give the final count: {input}"]),
-    sb.make_task(
-        "word_problem_subtract", REASON,
-        "Solve a one-step subtraction word problem; answer with a number.", _word_problem_subtract,
-        ["Work out the answer and reply with a number.\n{input}",
-         "{input}\nHow many are left?",
-         "Problem: {input}\nRemaining:"],
-        ["Read the story and tell how many remain: {input}"]),
-    sb.make_task(
-        "who_is_taller", REASON, "Given a height comparison between two people, name the taller one.",
-        _who_is_taller,
-        ["Who is taller?\n{input}\n{options}",
-         "{input}\nWhich person is the taller one?\n{options}",
-         "Statement: {input}\nTaller person:\n{options}"],
-        ["Based on the sentence, name the person with greater height. {input}\n{options}"]),
-    sb.make_task(
-        "who_has_more", REASON, "Given how many things two people have, name the one who has more.",
-        _who_has_more,
-        ["Who has more?\n{input}\n{options}",
-         "{input}\nWhich person owns the larger number of things?\n{options}",
-         "Story: {input}\nPerson with more:\n{options}"],
-        ["Name the person holding the bigger amount. {input}\n{options}"]),
-    sb.make_task(
-        "who_has_more_after", REASON,
-        "Two people have some things and one of them gets more; name who has more in the end.",
-        _who_has_more_after,
-        ["Who has more in the end?\n{input}\n{options}",
-         "{input}\nAfter the gift, which person owns more things?\n{options}",
-         "Story: {input}\nPerson with more at the end:\n{options}"],
-        ["Add up what each person ends with and name the one with the bigger amount. {input}\n{options}"],
-        heldout=True),
-)
-
-# =============================================================================================
 # option_selection (held-out cluster): pick the listed option that a trained list skill yields
 # =============================================================================================
 
@@ -513,7 +434,8 @@ def _pick_member_word(rng: random.Random) -> sb.Instance:
 
 SELECT_TASKS = (
     sb.make_task(
-        "pick_largest_number", SELECT, "Given a list of numbers, choose the largest one from the options.",
+        "pick_largest_number", SELECT,
+        "Given a list of numbers, choose the largest one from the options.",
         _pick_largest_number,
         ["Which option is the largest number in the list?\n{input}\n{options}",
          "{input}\nSelect the biggest of these numbers.\n{options}",
@@ -529,7 +451,8 @@ SELECT_TASKS = (
         ["Choose the least value: {input}\n{options}"],
         heldout=True),
     sb.make_task(
-        "pick_last_item", SELECT, "Given a list, choose its last item from the options.", _pick_last_item,
+        "pick_last_item", SELECT, "Given a list, choose its last item from the options.",
+        _pick_last_item,
         ["Which option is the last item of the list?\n{input}\n{options}",
          "{input}\nSelect the item that comes last.\n{options}",
          "List: {input}\nLast item:\n{options}"],
@@ -564,7 +487,8 @@ def _subtract_with_options(rng: random.Random) -> sb.Instance:
 
 def _count_items_with_options(rng: random.Random) -> sb.Instance:
   items = sb.sample_items(rng, 1, 6, max_chars=30)
-  return sb.cls_instance(sb.join_items(items), len(items), sb.number_options(rng, len(items), spread=2))
+  options = sb.number_options(rng, len(items), spread=2)
+  return sb.cls_instance(sb.join_items(items), len(items), options)
 
 
 def _word_problem_with_options(rng: random.Random) -> sb.Instance:
@@ -591,7 +515,8 @@ MC_MATH_TASKS = (
         ["Choose what remains after taking away the second number: {input}\n{options}"],
         heldout=True),
     sb.make_task(
-        "count_items_with_options", MC_MATH, "Count the items in the list and choose the count from the options.",
+        "count_items_with_options", MC_MATH,
+        "Count the items in the list and choose the count from the options.",
         _count_items_with_options,
         ["How many items are in the list? Pick one.\n{input}\n{options}",
          "{input}\nWhich option is the number of items?\n{options}",
@@ -599,7 +524,8 @@ MC_MATH_TASKS = (
         ["Choose the length of this list: {input}\n{options}"],
         heldout=True),
     sb.make_task(
-        "word_problem_with_options", MC_MATH, "Solve the addition word problem and choose the answer from the options.",
+        "word_problem_with_options", MC_MATH,
+        "Solve the addition word problem and choose the answer from the options.",
         _word_problem_with_options,
         ["Solve the word problem and pick the right number.\n{input}\n{options}",
          "{input}\nHow many does this person have now?\n{options}",
@@ -609,7 +535,6 @@ MC_MATH_TASKS = (
 )
 
 MORE_TASKS: tuple[sb.SyntheticTask, ...] = (
-    COMPARE_TASKS + CLASSIFY_TASKS + EXTRACT_TASKS + FORMAT_TASKS + REASON_TASKS + SELECT_TASKS
-    + MC_MATH_TASKS
+    COMPARE_TASKS + CLASSIFY_TASKS + EXTRACT_TASKS + FORMAT_TASKS + SELECT_TASKS + MC_MATH_TASKS
 )
 HELDOUT_CLUSTERS: tuple[str, ...] = (SELECT, MC_MATH)
