@@ -80,3 +80,11 @@ class _GinProbeFilter(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Path not found")
+
+
+def query_bound_value(selector: str):
+  """The value gin would pass for `selector` (e.g. "train.model"), references evaluated."""
+  value = gin.query_parameter(selector)
+  while isinstance(value, gin.config.ConfigurableReference):
+    value = value.scoped_configurable_fn() if value.evaluate else value.scoped_configurable_fn
+  return value

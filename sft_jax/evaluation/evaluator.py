@@ -67,16 +67,27 @@ class CheckpointScorer:
     self._predict = jax.jit(lambda p, b: model.predict_batch(nnx.merge(graphdef, p), b, target_length))
     self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
 
+  def _input_bucket(self, longest: int) -> int:
+    """The padded input length of a batch: the next multiple of 64, at most `input_length`."""
+    return min(self.input_length, -(-longest // 64) * 64)
+
   def _run(self, fn: Callable, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Applies `fn` to (inputs, targets) pairs in padded fixed-size batches."""
-    outputs = []
-    for chunk in _chunks(pairs, self.batch_size):
+    """Applies `fn` to (inputs, targets) pairs in fixed-size batches, returned in input order.
+
+    Pairs are sorted by input length and each batch is padded to a length bucket, so a
+    short prompt never pays for the longest one; each bucket compiles once.
+    """
+    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]))
+    outputs: list[np.ndarray | None] = [None] * len(pairs)
+    for chunk in _chunks(order, self.batch_size):
       padded = list(chunk) + [chunk[-1]] * (self.batch_size - len(chunk))
-      batch = packing.pad_unpacked([{"inputs": i, "targets": t} for i, t in padded],
-                                   self.input_length, self.target_length)
-      result = fn(self._params, partitioning.global_batch(batch, self._mesh))
-      outputs.append(np.asarray(jax.device_get(result))[:len(chunk)])
-    return np.concatenate(outputs)
+      length = self._input_bucket(max(len(pairs[k][0]) for k in chunk))
+      batch = packing.pad_unpacked([{"inputs": pairs[k][0], "targets": pairs[k][1]} for k in padded],
+                                   length, self.target_length)
+      result = np.asarray(jax.device_get(fn(self._params, partitioning.global_batch(batch, self._mesh))))
+      for k, row in zip(chunk, result):
+        outputs[k] = row
+    return np.stack(outputs)
 
   def generate(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
     """Greedy continuations of each example's prompt, as strings (EOS and after dropped)."""
@@ -138,6 +149,10 @@ def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQU
   split_decl = mixtures.get_heldout_split(mixture_name)
   examples = {t.task_name: load_examples(t.task_name, split, max_examples_per_task)
               for t in split_decl.eval_tasks}
+  too_long = sum(len(ex.inputs) > input_length for exs in examples.values() for ex in exs)
+  if too_long:
+    logging.warning("%d evaluation prompts are longer than input_length=%d and are truncated",
+                    too_long, input_length)
   vocab = vocabulary or seqio.get_mixture_or_task(split_decl.eval_tasks[0].task_name).output_features[
       "targets"].vocabulary
   mesh = partitioning.create_mesh()

@@ -164,7 +164,6 @@ class Encoder(nnx.Module):
   def __call__(self, x_BxSxD: jax.Array, segment_ids_BxS: jax.Array, positions_BxS: jax.Array,
                dropout_rng: jax.Array | None) -> jax.Array:
     rngs = layers.split_rng(dropout_rng, len(self.layers) + 2)
-    positions_BxS = jnp.broadcast_to(jnp.arange(positions_BxS.shape[1])[None], positions_BxS.shape)
     bias_BxHxSxS = self.relpos_bias(positions_BxS, positions_BxS)
     x_BxSxD = layers.dropout(x_BxSxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):

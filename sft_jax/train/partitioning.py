@@ -27,7 +27,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", None),
-    ("vocab", "tensor"),
+    # Byte and small vocabularies do not divide over devices; large models map vocab to tensor.
+    ("vocab", None),
     ("relpos_buckets", None),
 )
 

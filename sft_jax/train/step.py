@@ -60,5 +60,7 @@ def train_step(config: StepConfig, state: TrainState,
       "grad_norm": optax.global_norm(grads),
       "learning_rate": jnp.asarray(config.schedule(state.step), jnp.float32),
   }
-  metrics.update({k: v / jnp.maximum(weight_sum, 1.0) for k, v in aux.items() if k.endswith("_sum")})
+  # Per-token means of the model's summed auxiliaries ("correct_sum" -> "correct": token accuracy).
+  metrics.update({k[:-len("_sum")]: v / jnp.maximum(weight_sum, 1.0)
+                  for k, v in aux.items() if k.endswith("_sum") and k != "weight_sum"})
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -73,15 +73,26 @@ def test_packed_examples_are_isolated(module):
   np.testing.assert_allclose(logits[0, 4:7], _unpacked_logits(module, *ex2, 7, 6), atol=1e-4)
 
 
+EXPECTED_AXES = {  # by the module attribute holding the parameter
+    "token_embedder": ("vocab", "embed"),
+    "relpos_bias": ("heads", "relpos_buckets"),
+    "query": ("embed", "heads", "kv"), "key": ("embed", "heads", "kv"),
+    "value": ("embed", "heads", "kv"), "out": ("heads", "kv", "embed"),
+    "wi_0": ("embed", "mlp"), "wi_1": ("embed", "mlp"), "wo": ("mlp", "embed"),
+    "logits_dense": ("embed", "vocab"),
+}
+
+
 def test_every_param_has_logical_axis_names(module):
   params = nnx.state(module, nnx.Param)
-  specs = nnx.get_partition_spec(params)
-  leaves = jax.tree.leaves(params)
-  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  assert len(leaves) == len(spec_leaves) > 0
-  for value, spec in zip(leaves, spec_leaves):
-    assert len(spec) == value.ndim
-    assert set(spec) <= LOGICAL_AXES, spec
+  specs = dict(nnx.to_flat_state(nnx.get_partition_spec(params)))
+  flat_params = list(nnx.to_flat_state(params))
+  assert len(flat_params) == len(specs) > 0
+  for path, param in flat_params:
+    names = tuple(specs[path].get_value())  # without axis rules the spec holds the logical names
+    assert len(names) == param.ndim and set(names) <= LOGICAL_AXES, (path, names)
+    want = ("embed",) if path[-1] == "scale" else EXPECTED_AXES[path[-2]]
+    assert names == want, (path, names)
 
 
 def test_logical_names_map_to_mesh_axes_under_rules():

@@ -15,8 +15,8 @@ from sft_jax.train.step import TrainState
 
 class _Toy(nnx.Module):
   def __init__(self, rngs):
-    self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 8)), sharding=("embed", "mlp"))
-    self.b = nnx.Param(jnp.zeros((8,)), sharding=("mlp",))
+    self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 8)), out_sharding=("embed", "mlp"))
+    self.b = nnx.Param(jnp.zeros((8,)), out_sharding=("mlp",))
 
 
 class _ToyModel:

@@ -1,0 +1,73 @@
+"""The synthetic mixture as seqio sees it: held-out split, determinism, exact replay."""
+
+import numpy as np
+import pytest
+import seqio
+
+from sft_jax.data import mixtures, pipeline
+from sft_jax.data.collections import synthetic, synthetic_tasks
+
+
+def test_mixture_trains_exactly_the_seen_tasks():
+  trained = set(mixtures.training_task_names(synthetic.MIXTURE_NAME))
+  seen = {synthetic.task_name(t) for t in synthetic_tasks.TASKS if not t.heldout}
+  assert trained == seen and len(trained) >= 30
+
+
+def test_heldout_tasks_are_absent_from_training():
+  split = mixtures.get_heldout_split(synthetic.MIXTURE_NAME)
+  trained = set(mixtures.training_task_names(synthetic.MIXTURE_NAME))
+  assert split.heldout_task_names and not split.heldout_task_names & trained
+  # Whole held-out clusters, held-out tasks in seen clusters, held-out phrasings of seen tasks.
+  heldout = [t for t in split.eval_tasks if t.heldout]
+  assert {t.cluster for t in heldout} >= set(synthetic_tasks.HELDOUT_CLUSTERS)
+  assert any(t.task_name.endswith(synthetic.HELDOUT_TEMPLATES_SUFFIX) for t in heldout)
+  seen_clusters = {t.cluster for t in split.eval_tasks if not t.heldout}
+  assert any(t.cluster in seen_clusters and not t.task_name.endswith(synthetic.HELDOUT_TEMPLATES_SUFFIX)
+             for t in heldout)
+  assert {t.kind for t in heldout} == {"generation", "classification"}
+  mixtures.check_no_heldout_in_training(synthetic.MIXTURE_NAME)  # does not raise
+
+
+def test_trainer_refuses_a_mixture_with_a_heldout_task():
+  split = mixtures.get_heldout_split(synthetic.MIXTURE_NAME)
+  leaked = sorted(split.heldout_task_names)[0]
+  name = "test_leaky_mixture"
+  seqio.MixtureRegistry.add(name, [(leaked, 1.0), ("synthetic.reverse_list", 1.0)])
+  try:
+    with pytest.raises(ValueError, match=leaked):
+      mixtures.check_no_heldout_in_training(name)
+  finally:
+    seqio.MixtureRegistry.remove(name)
+
+
+def test_eval_split_is_fixed_and_disjoint_from_training():
+  task = seqio.get_mixture_or_task("synthetic.reverse_list")
+  read = lambda split, **kw: [ex["inputs_pretokenized"] for ex in task.get_dataset(
+      None, split=split, shuffle=False, num_epochs=1, **kw).take(200).as_numpy_iterator()]
+  test_a, test_b = read("test"), read("test", seed=123)
+  assert test_a == test_b and len(test_a) == synthetic.EVAL_EXAMPLES["test"]
+  assert not set(test_a) & set(read("train", seed=0))
+
+
+def _batches(train_input, n):
+  return [next(train_input) for _ in range(n)]
+
+
+def test_train_input_is_deterministic_and_replays_exactly():
+  config = pipeline.InputConfig(synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3)
+  full = _batches(pipeline.TrainInput(config), 5)
+  again = _batches(pipeline.TrainInput(config), 5)
+  resumed_input = pipeline.TrainInput(config)
+  _batches(resumed_input, 2)
+  state = resumed_input.get_state()
+  restored = pipeline.TrainInput(config)
+  restored.set_state(state)
+  resumed = full[:2] + _batches(restored, 3)
+  for a, b, c in zip(full, again, resumed):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+      np.testing.assert_array_equal(a[k], c[k])
+  other_seed = next(pipeline.TrainInput(pipeline.InputConfig(
+      synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=4)))
+  assert not np.array_equal(other_seed["encoder_input_tokens"], full[0]["encoder_input_tokens"])
