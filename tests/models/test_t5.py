@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sft_jax.data import packing
 from sft_jax.models import t5
 
 TINY = t5.T5Config(d_model=32, num_heads=2, head_dim=8, d_ff=64, num_encoder_layers=2,
@@ -23,22 +24,10 @@ def _shift_right(targets):
 
 
 def _pack(examples, enc_len, dec_len):
-  """One packed row of (inputs, targets) pairs in seqio EncDecFeatureConverter layout."""
-  row = {k: np.zeros((1, enc_len if k.startswith("encoder") else dec_len), np.int32)
-         for k in ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
-                   "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
-                   "decoder_positions")}
-  e = d = 0
-  for seg, (inputs, targets) in enumerate(examples, start=1):
-    row["encoder_input_tokens"][0, e:e + len(inputs)] = inputs
-    row["encoder_segment_ids"][0, e:e + len(inputs)] = seg
-    row["encoder_positions"][0, e:e + len(inputs)] = np.arange(len(inputs))
-    row["decoder_target_tokens"][0, d:d + len(targets)] = targets
-    row["decoder_input_tokens"][0, d:d + len(targets)] = _shift_right(targets)
-    row["decoder_segment_ids"][0, d:d + len(targets)] = seg
-    row["decoder_positions"][0, d:d + len(targets)] = np.arange(len(targets))
-    e, d = e + len(inputs), d + len(targets)
-  return {k: jnp.asarray(v) for k, v in row.items()}
+  """One packed row of (inputs, targets) pairs, laid out by the data pipeline's packer."""
+  row = packing.assemble_row([(np.asarray(i, np.int32), np.asarray(t, np.int32)) for i, t in examples],
+                             enc_len, dec_len)
+  return {k: jnp.asarray(v)[None] for k, v in row.items() if k != "decoder_loss_weights"}
 
 
 @nnx.jit
