@@ -25,7 +25,7 @@ import seqio  # noqa: E402
 
 from sft_jax import config  # noqa: E402
 from sft_jax.data import packing, pipeline  # noqa: E402
-from sft_jax.train import loop, optimizers, partitioning  # noqa: E402
+from sft_jax.train import optimizers, partitioning  # noqa: E402
 from sft_jax.train import state as state_lib  # noqa: E402
 from sft_jax.train.step import StepConfig, train_step  # noqa: E402
 
@@ -47,7 +47,7 @@ def _seqio_next_fit_density(name, batch_size, input_length, target_length, num_b
   dataset = pipeline.get_dataset(name, sequence_length=lengths, split="train", shuffle=True, seed=0,
                                  num_epochs=None)
   packed = seqio.EncDecFeatureConverter(pack=True)(dataset, lengths).batch(batch_size)
-  stats = [loop._batch_scalars(b) for b in packed.take(num_batches).as_numpy_iterator()]
+  stats = [packing.batch_counts(b) for b in packed.take(num_batches).as_numpy_iterator()]
   return (float(np.mean([s["examples"] for s in stats])),
           float(np.mean([s["tokens"] / s["slots"] for s in stats])))
 
@@ -84,8 +84,8 @@ def main(argv):
   rows = {}
   for label, batches in (("packed (best-fit)", packed), ("unpacked (padded)", unpacked)):
     state, seconds = _time_steps(step_fn, state, batches, mesh)
-    real = np.mean([loop._batch_scalars(b)["tokens"] for b in batches[1:]])
-    examples = np.mean([loop._batch_scalars(b)["examples"] for b in batches[1:]])
+    real = np.mean([packing.batch_counts(b)["tokens"] for b in batches[1:]])
+    examples = np.mean([packing.batch_counts(b)["examples"] for b in batches[1:]])
     rows[label] = {"seconds_per_step": seconds, "real_tokens_per_second": real / seconds,
                    "examples_per_second": examples / seconds,
                    "slots_per_second": batch_size * (input_length + target_length) / seconds}
@@ -98,8 +98,8 @@ def main(argv):
   ratio = rows["packed (best-fit)"]["examples_per_second"] / rows["unpacked (padded)"]["examples_per_second"]
   print(f"packed / unpacked examples per second: {ratio:.2f}x")
 
-  ours_examples = float(np.mean([loop._batch_scalars(b)["examples"] for b in packed]))
-  ours_density = float(np.mean([loop._batch_scalars(b)["tokens"] / loop._batch_scalars(b)["slots"] for b in packed]))
+  ours_examples = float(np.mean([packing.batch_counts(b)["examples"] for b in packed]))
+  ours_density = float(np.mean([packing.batch_counts(b)["tokens"] / packing.batch_counts(b)["slots"] for b in packed]))
   seqio_examples, seqio_density = _seqio_next_fit_density(name, batch_size, input_length, target_length, len(packed))
   print(f"\n{'packer':<28}{'examples/batch':>16}{'real-token fraction':>22}")
   print(f"{'sft_jax best-fit':<28}{ours_examples:>16.1f}{ours_density:>22.3f}")

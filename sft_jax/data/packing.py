@@ -142,6 +142,15 @@ class BestFitPacker:
     return {name: np.stack([r[name] for r in laid_out]) for name in FEATURES}
 
 
+def batch_counts(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Real tokens, token slots and examples of a batch in the packed layout (host-side)."""
+  enc = batch["encoder_segment_ids"] > 0
+  dec = batch["decoder_segment_ids"] > 0
+  # Segment ids run 1..n in every row, so a row's example count is its largest id.
+  return {"tokens": float(enc.sum() + dec.sum()), "slots": float(enc.size + dec.size),
+          "examples": float(batch["encoder_segment_ids"].max(axis=1).sum())}
+
+
 def pad_unpacked(examples: list[Mapping[str, np.ndarray]], input_length: int,
                  target_length: int) -> dict[str, np.ndarray]:
   """One example per row (for scoring and decoding): the packed layout with one segment."""

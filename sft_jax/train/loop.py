@@ -15,19 +15,11 @@ import gin
 import jax
 import numpy as np
 
-from sft_jax.data import mixtures, pipeline
+from sft_jax.data import mixtures, packing, pipeline
 from sft_jax.train import checkpoints, optimizers, partitioning
 from sft_jax.train import metrics as train_metrics
 from sft_jax.train import state as state_lib
 from sft_jax.train.step import StepConfig, TrainState, train_step
-
-
-def _batch_scalars(batch: dict[str, np.ndarray]) -> dict[str, float]:
-  """Host-side token counts of a packed batch (no device work)."""
-  enc = batch["encoder_segment_ids"] > 0
-  dec = batch["decoder_segment_ids"] > 0
-  return {"tokens": float(enc.sum() + dec.sum()), "slots": float(enc.size + dec.size),
-          "examples": float(sum(len(np.unique(r[r > 0])) for r in batch["encoder_segment_ids"]))}
 
 
 def _write_operative_config(model_dir: str) -> None:
@@ -91,7 +83,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   step = start_step
   while step < train_steps:
     local_batch = next(train_input)
-    for k, v in _batch_scalars(local_batch).items():
+    for k, v in packing.batch_counts(local_batch).items():
       host[k] += v
     with state_lib.mesh_context(mesh, rules):
       state, step_metrics = step_fn(state, partitioning.global_batch(local_batch, mesh))

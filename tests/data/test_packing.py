@@ -76,3 +76,10 @@ def test_example_without_targets_is_an_error():
   bad = {"inputs": np.array([5, 1], np.int32), "targets": np.array([EOS_ID], np.int32)}
   with pytest.raises(ValueError, match="no target tokens"):
     next(packing.BestFitPacker(iter([bad]), batch_size=1, input_length=8, target_length=8))
+
+
+def test_batch_counts_by_hand():
+  row = packing.assemble_row([(np.array([5, 6, 1]), np.array([7, 1])), (np.array([8, 1]), np.array([9, 1]))], 6, 4)
+  single = packing.assemble_row([(np.array([5, 1]), np.array([1, 1]))], 6, 4)
+  batch = {k: np.stack([row[k], single[k]]) for k in packing.FEATURES}
+  assert packing.batch_counts(batch) == {"tokens": 5 + 4 + 2 + 2, "slots": 2 * (6 + 4), "examples": 3}
