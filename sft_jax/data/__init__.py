@@ -4,4 +4,5 @@ import tensorflow as tf
 
 # tf.data runs on the host; keep TensorFlow off accelerators that JAX owns.
 tf.config.set_visible_devices([], "GPU")
-tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+if tf.config.list_physical_devices("TPU"):
+  tf.config.set_visible_devices([], "TPU")

@@ -1,7 +1,6 @@
 """The train step: loss normalized by the global target-token count, and a real update."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
