@@ -22,9 +22,12 @@ setuptools.setup(
         "tensorboardX>=2.6.5",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "jinja2>=3.1.6",
+        "pyyaml>=6.0",
+        "tokenizers>=0.23",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },
