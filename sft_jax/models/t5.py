@@ -3,6 +3,12 @@
 T5 v1.1: pre-norm RMSNorm residual blocks, gated-GELU MLPs, no biases, relative position
 buckets (one bias table per stack, shared by all its layers), untied output head. Parameter
 names follow t5x (`token_embedder`, `encoder.layers[i].attention.query` ...).
+
+T5's only position signal is the relative bias inside self-attention, so cross-attention sees no
+positions: a model trained from scratch must first learn induction-style copying before it can
+emit an input span in order. `absolute_positions=True` adds a fixed sinusoidal embedding of each
+token's per-segment position (as in the original Transformer) to both stacks' inputs; it has no
+parameters, so pretrained T5 checkpoints load unchanged with it off (the default).
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ class T5Config:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "xla"
+  absolute_positions: bool = False  # add sinusoidal per-segment positions (not in T5)
+
+  def __post_init__(self):
+    if self.absolute_positions and self.d_model % 2:
+      raise ValueError(f"T5Config: absolute_positions needs an even d_model, got {self.d_model}")
 
 
 def _common_kwargs(config: T5Config, rngs: nnx.Rngs) -> dict[str, Any]:
@@ -214,6 +225,12 @@ class T5Transformer(nnx.Module):
       raise ValueError("deterministic=False with dropout_rate > 0 needs a dropout_rng.")
     return dropout_rng
 
+  def _embed(self, tokens_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    x_BxLxD = self.token_embedder(tokens_BxL)
+    if self.config.absolute_positions:
+      x_BxLxD = x_BxLxD + sinusoidal_positions(positions_BxL, self.config.d_model).astype(x_BxLxD.dtype)
+    return x_BxLxD
+
   def encode(self, encoder_input_tokens_BxS: jax.Array,
              encoder_segment_ids: jax.Array | None = None,
              encoder_positions: jax.Array | None = None, *, deterministic: bool = True,
@@ -223,7 +240,7 @@ class T5Transformer(nnx.Module):
       encoder_segment_ids = (encoder_input_tokens_BxS != 0).astype(jnp.int32)
     if encoder_positions is None:
       encoder_positions = _default_positions(encoder_input_tokens_BxS)
-    x_BxSxD = self.token_embedder(encoder_input_tokens_BxS)
+    x_BxSxD = self._embed(encoder_input_tokens_BxS, encoder_positions)
     return self.encoder(x_BxSxD, encoder_segment_ids, encoder_positions,
                         self._dropout_rng(deterministic, dropout_rng))
 
@@ -242,7 +259,7 @@ class T5Transformer(nnx.Module):
       decoder_segment_ids = jnp.ones(decoder_input_tokens_BxT.shape, jnp.int32)
     if decoder_positions is None:
       decoder_positions = _default_positions(decoder_input_tokens_BxT)
-    y_BxTxD = self.token_embedder(decoder_input_tokens_BxT)
+    y_BxTxD = self._embed(decoder_input_tokens_BxT, decoder_positions)
     return self.decoder(y_BxTxD, encoded_BxSxD, decoder_segment_ids, decoder_positions,
                         encoder_segment_ids, self._dropout_rng(deterministic, dropout_rng))
 
@@ -286,7 +303,7 @@ class T5Transformer(nnx.Module):
     k_positions_BxL = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32)[None, :],
                                        (batch, max_len))
     bias_BxHx1xL = self.decoder.relpos_bias(q_positions_Bx1, k_positions_BxL)
-    y_Bx1xD = self.token_embedder(token_B[:, None])
+    y_Bx1xD = self._embed(token_B[:, None], q_positions_Bx1)
     new_cache = []
     for layer, layer_cache, layer_cross_kv in zip(self.decoder.layers, cache, cross_kv):
       y_Bx1xD, layer_cache = layer.step(y_Bx1xD, layer_cache, layer_cross_kv, position,
@@ -294,6 +311,14 @@ class T5Transformer(nnx.Module):
       new_cache.append(layer_cache)
     logits_Bx1xV = self.decoder.logits_dense(self.decoder.decoder_norm(y_Bx1xD))
     return logits_Bx1xV[:, 0, :].astype(jnp.float32), tuple(new_cache)
+
+
+def sinusoidal_positions(positions_BxL: jax.Array, features: int) -> jax.Array:
+  """Fixed [B, L, features] embedding of integer positions: sines then cosines of geometric frequencies."""
+  half = features // 2
+  inv_freq_H = jnp.exp(-jnp.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BxLxH = positions_BxL[..., None].astype(jnp.float32) * inv_freq_H[None, None, :]
+  return jnp.concatenate([jnp.sin(angles_BxLxH), jnp.cos(angles_BxLxH)], axis=-1)
 
 
 def _default_positions(tokens_BxL: jax.Array) -> jax.Array:

@@ -1,5 +1,7 @@
 """KV-cache greedy decoding against a naive full-recompute reference."""
 
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,10 @@ TINY = t5.T5Config(d_model=32, num_heads=2, head_dim=8, d_ff=64, num_encoder_lay
 MAX_LEN = 10
 
 
-@pytest.fixture(scope="module")
-def module():
-  return t5.EncoderDecoderModel(TINY).init(3)
+@pytest.fixture(scope="module", params=[False, True], ids=["relative_only", "absolute_positions"])
+def module(request):
+  config = dataclasses.replace(TINY, absolute_positions=request.param)
+  return t5.EncoderDecoderModel(config).init(3)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """T5Transformer: packing isolation, parameter metadata and count, jit behaviour, dropout."""
 
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -48,7 +50,9 @@ def _unpacked_logits(module, inputs, targets, enc_len, dec_len):
   return np.asarray(_forward(module, row))[0, :len(targets)]
 
 
-def test_packed_examples_are_isolated(module):
+@pytest.mark.parametrize("absolute_positions", [False, True])
+def test_packed_examples_are_isolated(absolute_positions):
+  module = t5.EncoderDecoderModel(dataclasses.replace(TINY, absolute_positions=absolute_positions)).init(0)
   ex1 = ([5, 6, 7, 8, 1], [20, 21, 22, 1])
   ex2 = ([9, 10, 11, 1], [30, 31, 1])
   ex2_changed = ([40, 41, 42, 43], [50, 51, 52])
@@ -60,6 +64,16 @@ def test_packed_examples_are_isolated(module):
   # Each example, packed, scores as if it were alone (positions restart per segment).
   np.testing.assert_allclose(logits[0, :4], _unpacked_logits(module, *ex1, 7, 6), atol=1e-4)
   np.testing.assert_allclose(logits[0, 4:7], _unpacked_logits(module, *ex2, 7, 6), atol=1e-4)
+
+
+def test_sinusoidal_positions_match_the_transformer_formula():
+  positions = np.array([[0, 1, 2, 0, 1], [3, 4, 0, 0, 0]], np.int32)
+  got = np.asarray(t5.sinusoidal_positions(jnp.asarray(positions), 8))
+  inv_freq = 1.0 / 10_000.0 ** (np.arange(4) / 4)
+  angles = positions[..., None] * inv_freq
+  np.testing.assert_allclose(got, np.concatenate([np.sin(angles), np.cos(angles)], -1), atol=1e-6)
+  with pytest.raises(ValueError, match="even d_model"):
+    t5.T5Config(d_model=33, absolute_positions=True)
 
 
 EXPECTED_AXES = {  # by the module attribute holding the parameter
