@@ -1,10 +1,12 @@
-"""Prints rendered examples of a mixture or task.
+"""Prints what a mixture or task feeds the model: examples, tokens, counts and packing.
 
   python tools/inspect_mixture.py --mixture=synthetic_instructions --split=train -n 5
+  python tools/inspect_mixture.py --file_task=mine=data/alpaca.jsonl:alpaca -n 3
+  python tools/inspect_mixture.py --file_task=chat=data/chat.jsonl:messages \
+      --chat_template=chatml --tokenizer=path/to/hf_model_dir
 """
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -15,16 +17,35 @@ from sft_jax.data import inspection  # noqa: E402
 
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--mixture", required=True, help="seqio mixture or task name")
+  parser.add_argument("--mixture", help="seqio mixture or task name (default: the one --file_task)")
   parser.add_argument("--split", default="train")
   parser.add_argument("-n", type=int, default=5, help="number of examples")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--module", action="append", default=["sft_jax.data.collections.synthetic"],
                       help="module that registers the mixture (repeatable)")
+  parser.add_argument("--file_task", action="append", default=[], metavar="NAME=PATH:FMT",
+                      help="register a task from local files (a path or glob) in a formats.py format (repeatable)")
+  parser.add_argument("--chat_template", help="chat template for --file_task tasks (chatml, llama3, or a path)")
+  parser.add_argument("--tokenizer", help="Hugging Face tokenizer.json or model dir for --file_task tasks")
+  parser.add_argument("--batch_size", type=int, default=8, help="packed rows per batch")
+  parser.add_argument("--input_length", type=int, default=256)
+  parser.add_argument("--target_length", type=int, default=64)
+  parser.add_argument("--decoder_only", action="store_true",
+                      help="pack inputs+targets as one sequence (tasks without inputs always are)")
+  parser.add_argument("--num_batches", type=int, default=3, help="packed batches to measure")
+  parser.add_argument("--count_limit", type=int, default=1000,
+                      help="a split without a declared size that outlasts this many examples is unlimited")
+  parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="colour loss-weighted tokens instead of wrapping them in [[...]]")
   args = parser.parse_args(argv)
-  for module in args.module:
-    importlib.import_module(module)
-  print(inspection.format_examples(args.mixture, args.split, args.n, args.seed))
+  file_tasks = inspection.register_inputs(args.module, args.file_task, args.chat_template, args.tokenizer)
+  if args.mixture is None and len(file_tasks) != 1:
+    parser.error("--mixture is required unless exactly one --file_task is given")
+  color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+  print(inspection.inspect(
+      args.mixture or file_tasks[0], args.split, args.n, seed=args.seed, batch_size=args.batch_size,
+      input_length=args.input_length, target_length=args.target_length, num_batches=args.num_batches,
+      count_limit=args.count_limit, decoder_only=args.decoder_only, color=color))
 
 
 if __name__ == "__main__":

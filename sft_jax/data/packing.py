@@ -1,20 +1,32 @@
-"""Best-fit packing of encoder-decoder examples into fixed-shape batches.
+"""Best-fit-decreasing packing of tokenized examples into fixed-length rows.
 
-seqio's `trim_and_pack_dataset` packs next-fit in stream order (78% token
-efficiency at length 512 on long-tailed data). Packing best-fit, largest first,
-over a pool of upcoming examples fills rows almost completely, which on a CPU
-budget is directly more examples per second. tf.data has no best-fit op, so the
-packer runs on the host over numpy arrays; it loops over examples, never tokens.
+seqio's `trim_and_pack_dataset` packs next-fit in stream order: a row is closed
+as soon as the next example does not fit, which leaves 10-20% of the slots as
+padding on long-tailed instruction data. Here a buffer of upcoming examples is
+sorted largest first (in tokens) and every example goes to the open row it
+fills most tightly; rows are emitted once the buffer is placed, except the last
+row opened (usually the emptiest), which stays open for the next buffer, so
+only a finite stream's very last row is short. tf.data has no such op, so the packer
+runs on the host over numpy arrays; it loops over examples, never tokens.
 
-Output features follow seqio's EncDecFeatureConverter names. Segment ids start at
-1 per row (0 is padding) and positions restart at 0 for every packed example, so
-attention masks and relative positions keep packed examples apart.
+Two layouts, with seqio's feature names:
+  encoder-decoder (`input_length` set): EncDecFeatureConverter's FEATURES; an
+    example must fit the row on both the encoder and the decoder side.
+  decoder-only (`input_length=None`): DECODER_FEATURES, from {"inputs",
+    "targets"} (concatenated, loss on the targets), {"targets", "loss_weights"}
+    (a rendered chat) or {"targets"} alone (loss everywhere).
+Segment ids run 1..n in every row (0 is padding) and positions restart at 0 for
+every example, so attention masks and positions keep packed examples apart.
+
+The output is a pure function of the input stream and the settings: a resumed
+run replays it by counting rows or batches.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -25,135 +37,305 @@ FEATURES = (
     "decoder_target_tokens", "decoder_input_tokens", "decoder_segment_ids",
     "decoder_positions", "decoder_loss_weights",
 )
+DECODER_FEATURES = (
+    "decoder_target_tokens", "decoder_input_tokens", "decoder_segment_ids",
+    "decoder_positions", "decoder_loss_weights",
+)
+# 1024 examples per buffer packs a long-tailed stream (median 150 tokens) at
+# 99.9% token efficiency into 2048-token rows (benchmarks/packing.py).
+DEFAULT_BUFFER_SIZE = 1024
+OVERLONG_POLICIES = ("truncate", "drop")
 
 
 @dataclasses.dataclass
 class PackingCounts:
-  """What the packer did so far, for logging."""
+  """What the packer did so far, for logging: every example read is packed whole, truncated or dropped."""
 
-  examples: int = 0
-  truncated_inputs: int = 0
-  truncated_targets: int = 0
+  examples: int = 0  # read from the stream
+  truncated: int = 0  # cut to fit a row, on either side, and packed
+  truncated_inputs: int = 0  # encoder side cut (encoder-decoder only)
+  truncated_targets: int = 0  # decoder side cut
+  dropped: int = 0  # too long with overlong="drop", or left with no target once cut
 
 
-def _truncate(tokens: np.ndarray, length: int) -> tuple[np.ndarray, bool]:
+class _Segment(NamedTuple):
+  """One example laid out for a row: encoder tokens (empty for decoder-only) and aligned decoder arrays."""
+
+  encoder_tokens: np.ndarray
+  decoder_inputs: np.ndarray
+  decoder_targets: np.ndarray
+  loss_weights: np.ndarray
+
+
+def _truncate(tokens: np.ndarray, length: int, eos_id: int = EOS_ID) -> tuple[np.ndarray, bool]:
   """Cuts `tokens` to `length`, keeping EOS as the last token when it had one."""
   if len(tokens) <= length:
     return tokens, False
   cut = tokens[:length].copy()
-  if tokens[-1] == EOS_ID:
-    cut[-1] = EOS_ID
+  if tokens[-1] == eos_id:
+    cut[-1] = eos_id
   return cut, True
 
 
 def _shift_right(targets: np.ndarray) -> np.ndarray:
-  """Decoder inputs of one example: 0 (T5's start token) then the targets minus the last."""
+  """Decoder inputs of one example: 0 (seqio's start token) then the targets minus the last."""
   return np.concatenate([np.zeros(1, np.int32), targets[:-1]])
+
+
+def _has_target(targets: np.ndarray, weights: np.ndarray, eos_id: int) -> bool:
+  """Whether some weighted target token is not EOS: an EOS alone teaches nothing but stopping."""
+  return bool(np.any((weights > 0) & (targets != eos_id)))
+
+
+def _no_target_error(example: Mapping[str, np.ndarray]) -> ValueError:
+  shown = {k: np.asarray(v)[:32].tolist() for k, v in example.items() if k in ("inputs", "targets", "loss_weights")}
+  return ValueError(f"example with no target tokens (no loss-weighted token other than EOS): {shown}")
+
+
+def _decoder_sequence(example: Mapping[str, np.ndarray], bos_id: int | None) -> tuple[np.ndarray, ...]:
+  """(inputs, targets, weights) of a decoder-only example, before any truncation."""
+  targets = np.asarray(example["targets"], np.int32)
+  if "loss_weights" in example:
+    weights = np.asarray(example["loss_weights"], np.int32)
+    if weights.shape != targets.shape:
+      raise ValueError(f"loss_weights has shape {weights.shape} but targets has shape {targets.shape}")
+    seq = targets
+  elif "inputs" in example:
+    inputs = np.asarray(example["inputs"], np.int32)
+    seq = np.concatenate([inputs, targets])
+    weights = np.concatenate([np.zeros(len(inputs), np.int32), np.ones(len(targets), np.int32)])
+  else:
+    seq, weights = targets, np.ones(len(targets), np.int32)
+  if bos_id is None:
+    return _shift_right(seq), seq, weights
+  if len(seq) == 0 or seq[0] != bos_id:
+    seq = np.concatenate([np.array([bos_id], np.int32), seq])
+    weights = np.concatenate([np.zeros(1, np.int32), weights])
+  # Causal-LM convention (Hugging Face LLaMA): predict token t+1 from tokens up to t.
+  return seq[:-1], seq[1:], weights[1:]
+
+
+def _segment_of(example: Mapping[str, np.ndarray], input_length: int | None, target_length: int,
+                overlong: str, bos_id: int | None, eos_id: int,
+                counts: PackingCounts) -> _Segment | None:
+  """Validates, lays out and fits one example to a row; None when it is dropped (and counted)."""
+  counts.examples += 1
+  if input_length is not None:
+    inputs = np.asarray(example["inputs"], np.int32)
+    targets = np.asarray(example["targets"], np.int32)
+    dec_inputs, weights = None, np.ones(len(targets), np.int32)
+  else:
+    inputs = np.zeros(0, np.int32)
+    dec_inputs, targets, weights = _decoder_sequence(example, bos_id)
+  if not _has_target(targets, weights, eos_id):
+    raise _no_target_error(example)
+
+  cut_in = input_length is not None and len(inputs) > input_length
+  cut_tg = len(targets) > target_length
+  if cut_in or cut_tg:
+    if overlong == "drop":
+      counts.dropped += 1
+      return None
+    if cut_in:
+      inputs, _ = _truncate(inputs, input_length, eos_id)
+    if cut_tg:
+      targets, _ = _truncate(targets, target_length, eos_id)
+      # The kept EOS takes the weight of the token it replaces: cut inside a response it
+      # is learned (as in encoder-decoder targets), cut inside a prompt it is not, so the
+      # model is never taught to stop in the middle of a prompt.
+      weights = weights[:target_length]
+      if dec_inputs is not None:
+        dec_inputs = dec_inputs[:target_length]
+      if not _has_target(targets, weights, eos_id):
+        counts.dropped += 1  # the prompt alone fills the row: nothing left to learn
+        return None
+    counts.truncated += 1
+    counts.truncated_inputs += cut_in
+    counts.truncated_targets += cut_tg
+  if dec_inputs is None:
+    dec_inputs = _shift_right(targets)
+  return _Segment(inputs, dec_inputs, targets, weights)
+
+
+def _layout_row(segments: list[_Segment], input_length: int | None, target_length: int) -> dict[str, np.ndarray]:
+  """The features of one packed row, padded with zeros to the lengths."""
+
+  def side(lengths: list[int], length: int) -> tuple[np.ndarray, np.ndarray]:
+    total = sum(lengths)
+    ids = np.zeros(length, np.int32)
+    ids[:total] = np.repeat(np.arange(1, len(lengths) + 1, dtype=np.int32), lengths)
+    starts = np.cumsum([0] + lengths)[:-1]
+    pos = np.zeros(length, np.int32)
+    pos[:total] = np.arange(total) - np.repeat(starts, lengths)
+    return ids, pos
+
+  def padded(parts: list[np.ndarray], length: int) -> np.ndarray:
+    out = np.zeros(length, np.int32)
+    if parts:
+      joined = np.concatenate(parts)
+      out[:len(joined)] = joined
+    return out
+
+  dec_lengths = [len(s.decoder_targets) for s in segments]
+  row = {"decoder_target_tokens": padded([s.decoder_targets for s in segments], target_length),
+         "decoder_input_tokens": padded([s.decoder_inputs for s in segments], target_length),
+         "decoder_loss_weights": padded([s.loss_weights for s in segments], target_length)}
+  row["decoder_segment_ids"], row["decoder_positions"] = side(dec_lengths, target_length)
+  if input_length is None:
+    return {name: row[name] for name in DECODER_FEATURES}
+  row["encoder_input_tokens"] = padded([s.encoder_tokens for s in segments], input_length)
+  row["encoder_segment_ids"], row["encoder_positions"] = side([len(s.encoder_tokens) for s in segments],
+                                                              input_length)
+  return {name: row[name] for name in FEATURES}
 
 
 def assemble_row(examples: list[tuple[np.ndarray, np.ndarray]], input_length: int,
                  target_length: int) -> dict[str, np.ndarray]:
-  """Lays out the (inputs, targets) pairs of one packed row, padded to the lengths."""
-  row = {name: np.zeros(input_length if name.startswith("encoder") else target_length, np.int32)
-         for name in FEATURES}
-  enc_at = dec_at = 0
-  for segment, (inputs, targets) in enumerate(examples, start=1):
-    enc_end, dec_end = enc_at + len(inputs), dec_at + len(targets)
-    row["encoder_input_tokens"][enc_at:enc_end] = inputs
-    row["encoder_segment_ids"][enc_at:enc_end] = segment
-    row["encoder_positions"][enc_at:enc_end] = np.arange(len(inputs))
-    row["decoder_target_tokens"][dec_at:dec_end] = targets
-    row["decoder_input_tokens"][dec_at:dec_end] = _shift_right(targets)
-    row["decoder_segment_ids"][dec_at:dec_end] = segment
-    row["decoder_positions"][dec_at:dec_end] = np.arange(len(targets))
-    row["decoder_loss_weights"][dec_at:dec_end] = 1
-    enc_at, dec_at = enc_end, dec_end
-  return row
+  """Lays out the (inputs, targets) pairs of one encoder-decoder row, padded to the lengths."""
+  segments = [_Segment(np.asarray(i, np.int32), _shift_right(np.asarray(t, np.int32)),
+                       np.asarray(t, np.int32), np.ones(len(t), np.int32)) for i, t in examples]
+  return _layout_row(segments, input_length, target_length)
 
 
-class BestFitPacker:
-  """Packs a stream of tokenized {"inputs", "targets"} examples into [batch, length] rows.
+class BestFitRowPacker:
+  """Packs a stream of tokenized examples into rows, best-fit decreasing over a buffer.
 
-  Each batch is filled from a pool of upcoming examples, largest first, every
-  example going to the row it fills most tightly (on both encoder and decoder
-  length). Examples that do not fit wait for the next batch; one that has
-  waited `max_wait` batches goes first. The output is a deterministic function of
-  the input stream, so a data position is just the number of batches emitted.
+  Each round reads `buffer_size` examples, sorts them by token count, largest
+  first (stable, so ties keep stream order), and puts each into the open row
+  where it leaves the fewest free token slots, opening a row when none has room
+  (encoder-decoder: room on both sides, slots of both sides counted).
+  `input_length=None` gives the decoder-only layout; there `bos_id` prefixes
+  each sequence with that token and predicts token t+1 from tokens up to t,
+  while `bos_id=None` keeps seqio's shift-right with 0 at each segment start.
+  Examples longer than a row are truncated (EOS kept last) or dropped, per
+  `overlong`, and counted; a truncated example left with no loss-weighted
+  token but EOS (its prompt fills the row) is dropped and counted.
   """
 
-  def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], batch_size: int,
-               input_length: int, target_length: int, pool_factor: float = 2.0, max_wait: int = 2):
+  def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], input_length: int | None,
+               target_length: int, *, buffer_size: int = DEFAULT_BUFFER_SIZE, overlong: str = "truncate",
+               bos_id: int | None = None, eos_id: int = EOS_ID):
+    if overlong not in OVERLONG_POLICIES:
+      raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
+    if buffer_size < 1:
+      raise ValueError(f"buffer_size must be at least 1, got {buffer_size}")
+    if input_length is not None and bos_id is not None:
+      raise ValueError("bos_id applies to the decoder-only layout (input_length=None)")
     self._examples = iter(examples)
-    self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
-    self._pool_tokens = pool_factor * batch_size * (input_length + target_length)
-    self._max_wait = max_wait
-    self._pool: list[list] = []  # [inputs, targets, batches waited]
-    self._exhausted = False
+    self.input_length, self.target_length = input_length, target_length
+    self.buffer_size, self.overlong, self.bos_id, self.eos_id = buffer_size, overlong, bos_id, eos_id
+    self.features = FEATURES if input_length is not None else DECODER_FEATURES
     self.counts = PackingCounts()
-    self.batches_emitted = 0
+    self.rows_emitted = 0
+    self._carried: list[_Segment] = []  # the last row opened, still open for the next round
+    self._ready: collections.deque[list[_Segment]] = collections.deque()
+    self._exhausted = False
 
-  def _refill(self) -> None:
-    pooled = sum(len(i) + len(t) for i, t, _ in self._pool)
-    while not self._exhausted and pooled < self._pool_tokens:
+  def _read_buffer(self) -> list[_Segment]:
+    buffer: list[_Segment] = []
+    while not self._exhausted and len(buffer) < self.buffer_size:
       try:
-        ex = next(self._examples)
+        example = next(self._examples)
       except StopIteration:
         self._exhausted = True
         break
-      targets = np.asarray(ex["targets"], np.int32)
-      if len(targets) == 0 or (len(targets) == 1 and targets[0] == EOS_ID):
-        raise ValueError(f"example with no target tokens (inputs: {np.asarray(ex['inputs'])[:32]}...)")
-      inputs, cut_in = _truncate(np.asarray(ex["inputs"], np.int32), self.input_length)
-      targets, cut_tg = _truncate(targets, self.target_length)
-      self.counts.examples += 1
-      self.counts.truncated_inputs += cut_in
-      self.counts.truncated_targets += cut_tg
-      self._pool.append([inputs, targets, 0])
-      pooled += len(inputs) + len(targets)
+      segment = _segment_of(example, self.input_length, self.target_length, self.overlong, self.bos_id,
+                            self.eos_id, self.counts)
+      if segment is not None:
+        buffer.append(segment)
+    return buffer
+
+  def _pack_round(self) -> None:
+    """Places one buffer of examples into rows and queues the rows that are done."""
+    buffer = self._read_buffer()
+    enc_length = self.input_length or 0
+    enc_len = np.array([len(s.encoder_tokens) for s in buffer], np.int64)
+    dec_len = np.array([len(s.decoder_targets) for s in buffer], np.int64)
+    # Sizes and free space are token slots, both sides together: the efficiency a
+    # trainer gets is real tokens over slots, so that is what the fit minimizes.
+    order = np.argsort(-(enc_len + dec_len), kind="stable")  # stable: equal sizes keep stream order
+    rows = [self._carried] if self._carried else []
+    enc_free = np.zeros(len(buffer) + 1, np.int64)
+    dec_free = np.zeros(len(buffer) + 1, np.int64)
+    if rows:
+      enc_free[0] = enc_length - sum(len(s.encoder_tokens) for s in self._carried)
+      dec_free[0] = self.target_length - sum(len(s.decoder_targets) for s in self._carried)
+    for k in order:
+      n = len(rows)
+      fits = (enc_free[:n] >= enc_len[k]) & (dec_free[:n] >= dec_len[k])
+      if fits.any():
+        # argmin takes the first of equal slacks: ties go to the oldest row.
+        row = int(np.argmin(np.where(fits, enc_free[:n] + dec_free[:n], np.iinfo(np.int64).max)))
+      else:
+        row = n
+        rows.append([])
+        enc_free[row], dec_free[row] = enc_length, self.target_length
+      rows[row].append(buffer[k])
+      enc_free[row] -= enc_len[k]
+      dec_free[row] -= dec_len[k]
+    self._carried = []
+    if rows and not self._exhausted:
+      # Every earlier row lacked room for the example that opened the last one, and later
+      # examples are no larger, so the last row is usually the emptiest: it stays open for
+      # the next buffer while this buffer's smallest example would still fit.
+      last = len(rows) - 1
+      if enc_free[last] >= enc_len.min() and dec_free[last] >= dec_len.min():
+        self._carried = rows.pop()
+    self._ready.extend(rows)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    self._refill()
-    if not self._pool:
+    while not self._ready:
+      if self._exhausted:
+        raise StopIteration
+      self._pack_round()
+    self.rows_emitted += 1
+    return _layout_row(self._ready.popleft(), self.input_length, self.target_length)
+
+
+class BestFitPacker:
+  """Groups the rows of a BestFitRowPacker into [batch_size, length] numpy batches.
+
+  A finite stream's last batch is filled up with empty rows (segment id 0).
+  """
+
+  def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], batch_size: int, input_length: int | None,
+               target_length: int, **row_packer_options):
+    self.batch_size = batch_size
+    self._rows = BestFitRowPacker(examples, input_length, target_length, **row_packer_options)
+    self.batches_emitted = 0
+
+  @property
+  def counts(self) -> PackingCounts:
+    return self._rows.counts
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows = [row for _, row in zip(range(self.batch_size), self._rows)]
+    if not rows:
       raise StopIteration
-    enc_free = np.full(self.batch_size, self.input_length)
-    dec_free = np.full(self.batch_size, self.target_length)
-    rows: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.batch_size)]
-    # Overdue examples first, then largest first; the sort is stable, so ties keep stream order.
-    order = sorted(range(len(self._pool)), key=lambda k: (
-        self._pool[k][2] < self._max_wait, -(len(self._pool[k][0]) + len(self._pool[k][1]))))
-    placed = set()
-    for k in order:
-      inputs, targets, _ = self._pool[k]
-      fits = (enc_free >= len(inputs)) & (dec_free >= len(targets))
-      if not fits.any():
-        continue
-      slack = (enc_free - len(inputs)) / self.input_length + (dec_free - len(targets)) / self.target_length
-      row = int(np.argmin(np.where(fits, slack, np.inf)))
-      rows[row].append((inputs, targets))
-      enc_free[row] -= len(inputs)
-      dec_free[row] -= len(targets)
-      placed.add(k)
-    self._pool = [[i, t, w + 1] for k, (i, t, w) in enumerate(self._pool) if k not in placed]
+    while len(rows) < self.batch_size:
+      rows.append(_layout_row([], self._rows.input_length, self._rows.target_length))
     self.batches_emitted += 1
-    laid_out = [assemble_row(r, self.input_length, self.target_length) for r in rows]
-    return {name: np.stack([r[name] for r in laid_out]) for name in FEATURES}
+    return {name: np.stack([r[name] for r in rows]) for name in self._rows.features}
 
 
 def batch_counts(batch: Mapping[str, np.ndarray]) -> dict[str, float]:
-  """Real tokens, token slots and examples of a batch in the packed layout (host-side)."""
-  enc = batch["encoder_segment_ids"] > 0
-  dec = batch["decoder_segment_ids"] > 0
-  # Segment ids run 1..n in every row, so a row's example count is its largest id.
-  return {"tokens": float(enc.sum() + dec.sum()), "slots": float(enc.size + dec.size),
-          "examples": float(batch["encoder_segment_ids"].max(axis=1).sum())}
+  """Real tokens, token slots and examples of a packed batch, either layout (host-side)."""
+  sides = [batch[k] > 0 for k in ("encoder_segment_ids", "decoder_segment_ids") if k in batch]
+  # Segment ids run 1..n in every row and every example has decoder tokens, so a
+  # row's example count is its largest decoder segment id.
+  return {"tokens": float(sum(s.sum() for s in sides)), "slots": float(sum(s.size for s in sides)),
+          "examples": float(batch["decoder_segment_ids"].max(axis=1).sum())}
 
 
 def pad_unpacked(examples: list[Mapping[str, np.ndarray]], input_length: int,
                  target_length: int) -> dict[str, np.ndarray]:
-  """One example per row (for scoring and decoding): the packed layout with one segment."""
+  """One encoder-decoder example per row (for scoring and decoding): the packed layout with one segment."""
   rows = []
   for ex in examples:
     inputs, _ = _truncate(np.asarray(ex["inputs"], np.int32), input_length)

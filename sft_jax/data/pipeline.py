@@ -64,7 +64,12 @@ class TrainInput:
         trim_output_features=False,
     )
     examples = ({"inputs": ex["inputs"], "targets": ex["targets"]} for ex in dataset.as_numpy_iterator())
-    return packing.BestFitPacker(examples, self.local_batch_size, c.input_length, c.target_length)
+    # The packer reads a whole buffer before its first row; 16 examples per row of
+    # the batch spans a few batches (enough choice for dense rows) without making
+    # the first step wait on thousands of examples from a slow Python source.
+    buffer_size = min(packing.DEFAULT_BUFFER_SIZE, 16 * self.local_batch_size)
+    return packing.BestFitPacker(examples, self.local_batch_size, c.input_length, c.target_length,
+                                 buffer_size=buffer_size)
 
   @property
   def counts(self) -> packing.PackingCounts:

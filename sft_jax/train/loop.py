@@ -107,7 +107,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           tokens_per_second=host["tokens"] * jax.process_count() / elapsed,
           examples_per_second=host["examples"] * jax.process_count() / elapsed,
           padding_fraction=1.0 - host["tokens"] / host["slots"],
-          truncated_examples=float(train_input.counts.truncated_inputs + train_input.counts.truncated_targets))
+          truncated_examples=float(train_input.counts.truncated),
+          dropped_examples=float(train_input.counts.dropped))
       writer.write_scalars(step, scalars)
       pending, host = [], dict.fromkeys(host, 0.0)
       last_log_time = time.perf_counter()
