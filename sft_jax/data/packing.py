@@ -210,11 +210,17 @@ class BestFitRowPacker:
   Examples longer than a row are truncated (EOS kept last) or dropped, per
   `overlong`, and counted; a truncated example left with no loss-weighted
   token but EOS (its prompt fills the row) is dropped and counted.
+
+  Rows come out of a round ordered by their largest example, and example length
+  follows the task, so consecutive rows share tasks. With `shuffle_seed` set, the
+  rows of each round are permuted (seeded by the seed and the round number, so
+  the stream stays deterministic) before they are emitted, which keeps batches
+  mixed; the trainer sets it, the layout tests leave it off.
   """
 
   def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], input_length: int | None,
                target_length: int, *, buffer_size: int = DEFAULT_BUFFER_SIZE, overlong: str = "truncate",
-               bos_id: int | None = None, eos_id: int = EOS_ID):
+               bos_id: int | None = None, eos_id: int = EOS_ID, shuffle_seed: int | None = None):
     if overlong not in OVERLONG_POLICIES:
       raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     if buffer_size < 1:
@@ -230,6 +236,8 @@ class BestFitRowPacker:
     self._carried: list[_Segment] = []  # the last row opened, still open for the next round
     self._ready: collections.deque[list[_Segment]] = collections.deque()
     self._exhausted = False
+    self._shuffle_seed = shuffle_seed
+    self._rounds = 0
 
   def _read_buffer(self) -> list[_Segment]:
     buffer: list[_Segment] = []
@@ -281,6 +289,10 @@ class BestFitRowPacker:
       last = len(rows) - 1
       if enc_free[last] >= enc_len.min() and dec_free[last] >= dec_len.min():
         self._carried = rows.pop()
+    if self._shuffle_seed is not None:
+      permutation = np.random.default_rng((self._shuffle_seed, self._rounds)).permutation(len(rows))
+      rows = [rows[i] for i in permutation]
+    self._rounds += 1
     self._ready.extend(rows)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

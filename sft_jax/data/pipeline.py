@@ -69,7 +69,7 @@ class TrainInput:
     # the first step wait on thousands of examples from a slow Python source.
     buffer_size = min(packing.DEFAULT_BUFFER_SIZE, 16 * self.local_batch_size)
     return packing.BestFitPacker(examples, self.local_batch_size, c.input_length, c.target_length,
-                                 buffer_size=buffer_size)
+                                 buffer_size=buffer_size, shuffle_seed=c.seed)
 
   @property
   def counts(self) -> packing.PackingCounts:

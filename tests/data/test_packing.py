@@ -359,3 +359,24 @@ def test_decoder_converter_feature_lengths():
       packing.DECODER_FEATURES, 128)
   with pytest.raises(ValueError, match="either a prompt or per-token loss weights"):
     converter(_dataset([CHAT], ("targets", "loss_weights")), {"inputs": 4, "targets": 4, "loss_weights": 4})
+
+
+def test_shuffle_seed_permutes_rows_within_a_round_only():
+  """Shuffled rows are the same rows, in a seeded order, and the stream is reproducible."""
+  rng = np.random.default_rng(7)
+  examples = [{"inputs": np.append(rng.integers(3, 50, rng.integers(2, 40)), 1).astype(np.int32),
+               "targets": np.append(rng.integers(3, 50, rng.integers(1, 6)), 1).astype(np.int32)}
+              for _ in range(300)]
+
+  def rows(seed):
+    packer = packing.BestFitRowPacker(iter(examples), 64, 8, buffer_size=100, shuffle_seed=seed)
+    return [tuple(r["encoder_input_tokens"]) for r in packer]
+
+  plain, shuffled = rows(None), rows(0)
+  assert sorted(plain) == sorted(shuffled) and plain != shuffled
+  assert shuffled == rows(0) and shuffled != rows(1)
+  # Without shuffling, the first row of a round holds its largest example.
+  first = packing.BestFitRowPacker(iter(examples), 64, 8, buffer_size=100)
+  first_row = next(first)
+  longest = max(len(e["inputs"]) + len(e["targets"]) for e in examples[:100])
+  assert int((first_row["encoder_segment_ids"] > 0).sum() + (first_row["decoder_segment_ids"] > 0).sum()) >= longest
