@@ -19,6 +19,30 @@ import gin
 DEFAULT_SEARCH_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 
 
+def _guard_package_path_reader() -> None:
+  """Makes gin's package-resource include lookup treat namespace packages as "not found".
+
+  gin also looks for `include 'runs/train.gin'` as a file in a Python package named `runs`.
+  When the working directory is on sys.path and holds a `runs/` output folder (the default
+  MODEL_DIR parent), `runs` imports as a namespace package without a file, and gin's lookup
+  raises TypeError instead of moving on to the search paths.
+  """
+  readers = gin.config._FILE_READERS  # gin has no public API to replace a registered reader
+
+  def guarded(check):
+    def exists(path: str) -> bool:
+      try:
+        return check(path)
+      except TypeError:
+        return False
+    exists.guarded = True
+    return exists
+
+  for i, (reader, check) in enumerate(readers):
+    if not getattr(check, "guarded", False):
+      readers[i] = (reader, guarded(check))
+
+
 def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
   """Splits argv into (gin files, gin bindings, search paths, other args)."""
   files, bindings, paths, rest = [], [], [], []
@@ -52,6 +76,7 @@ def parse_gin_flags(argv: Sequence[str]) -> list[str]:
   files, bindings, paths, rest = split_gin_args(argv)
   if not files:
     raise ValueError("no --gin_file given")
+  _guard_package_path_reader()
   for path in paths + [DEFAULT_SEARCH_PATH, os.getcwd()]:
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
