@@ -25,7 +25,9 @@ setuptools.setup(
         "jinja2>=3.1.6",
         "pyyaml>=6.0",
         "tokenizers>=0.23",
+        "sentencepiece>=0.2.0",
     ],
+    package_data={"sft_jax.data.collections": ["*.spm.model"]},
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0"],
         "gpu": ["jax[cuda12]>=0.10.2"],

@@ -27,6 +27,20 @@ def get_dataset(mixture_or_task_name: str, **kwargs) -> tf.data.Dataset:
   return provider.get_dataset(**kwargs)
 
 
+def check_vocab_fits(mixture_or_task_name: str, model_vocab_size: int) -> None:
+  """Raises when a task's token ids would not fit the model's embedding table.
+
+  An out-of-range id is not an error inside jit (gathers clamp), so a model built for a
+  smaller vocabulary would otherwise train on silently corrupted inputs.
+  """
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  for name, feature in provider.output_features.items():
+    size = getattr(feature.vocabulary, "vocab_size", 0)
+    if feature.dtype == tf.int32 and size > model_vocab_size:
+      raise ValueError(f"{mixture_or_task_name}: feature {name!r} uses a {size}-token vocabulary but the "
+                       f"model's vocab_size is {model_vocab_size}; set the model's vocab_size >= {size}")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
   """What the trainer reads: a mixture or task, its split, packed shapes and the seed."""

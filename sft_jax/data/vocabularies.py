@@ -1,9 +1,8 @@
 """Vocabularies as seqio.Vocabulary objects, chosen by gin.
 
-The quickstart uses bytes: the synthetic tasks are character-level operations
-(reverse, count letters, change case), a byte vocabulary needs no training step
-and no file, and its 259-entry softmax keeps a from-scratch CPU model cheap.
-Pretrained models bring their own tokenizer: a SentencePiece model (T5,
+The default kind is bytes (no file, nothing to train). The embedded synthetic
+tasks bring their own SentencePiece model, trained on their text
+(`sft_jax.data.collections.synthetic_vocab`). Pretrained models bring their own tokenizer: a SentencePiece model (T5,
 Flan-T5) or a Hugging Face `tokenizer.json` (LLaMA family, Qwen, ...).
 """
 

@@ -45,6 +45,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   # ---- Input --------------------------------------------------------------
   mixtures.check_no_heldout_in_training(mixture_or_task_name)
+  if hasattr(model, "config"):
+    pipeline.check_vocab_fits(mixture_or_task_name, model.config.vocab_size)
   train_input = pipeline.TrainInput(
       pipeline.InputConfig(mixture_or_task_name, batch_size, input_length, target_length, seed=seed),
       process_index=jax.process_index(), process_count=jax.process_count())

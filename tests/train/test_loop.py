@@ -8,13 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from sft_jax.data.collections import synthetic
+from sft_jax.data.collections import synthetic, synthetic_vocab
 from sft_jax.evaluation import evaluator, report
 from sft_jax.models import t5
 from sft_jax.train import checkpoints, loop
 
-TINY = t5.EncoderDecoderModel(t5.T5Config(d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                          num_encoder_layers=1, num_decoder_layers=1))
+TINY = t5.EncoderDecoderModel(t5.T5Config(vocab_size=synthetic_vocab.VOCAB_SIZE, d_model=32, num_heads=2,
+                                          head_dim=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1))
 TRAIN = dict(mixture_or_task_name=synthetic.MIXTURE_NAME, model=TINY, batch_size=4, input_length=128,
              target_length=32, checkpoint_every=3, log_every=3)
 
@@ -44,3 +44,11 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
   assert on_disk["step"] == 6 and on_disk["baseline"]["step"] == 0
   assert set(on_disk["tasks"]) == set(result["tasks"])
   assert os.path.getsize(os.path.join(straight_dir, "eval", "report.png")) > 1000
+
+
+def test_model_vocabulary_smaller_than_the_data_is_refused(tmp_path):
+  byte_sized = t5.EncoderDecoderModel(t5.T5Config(vocab_size=259, d_model=32, num_heads=2, head_dim=16, d_ff=64,
+                                                  num_encoder_layers=1, num_decoder_layers=1))
+  with pytest.raises(ValueError, match=r"1536-token vocabulary but the model's vocab_size is 259"):
+    loop.train(model_dir=str(tmp_path), train_steps=1, **{**TRAIN, "model": byte_sized})
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))

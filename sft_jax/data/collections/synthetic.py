@@ -20,7 +20,7 @@ import seqio
 import tensorflow as tf
 
 from sft_jax.data import mixtures, preprocessors
-from sft_jax.data.collections import synthetic_tasks
+from sft_jax.data.collections import synthetic_tasks, synthetic_vocab
 from sft_jax.data.templates import Template
 from sft_jax.evaluation import metrics
 
@@ -92,7 +92,7 @@ def _register_task(name: str, task: synthetic_tasks.SyntheticTask, templates: Se
   seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(_dataset_fn(task, templates), splits=splits),
-      output_features=preprocessors.text_to_text_features(),
+      output_features=preprocessors.text_to_text_features(synthetic_vocab.vocabulary()),
       preprocessors=list(preprocessors.TOKENIZE_AND_APPEND_EOS),
       metric_fns=[metric_fn],
   )

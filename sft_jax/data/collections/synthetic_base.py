@@ -89,7 +89,7 @@ def yes_no(flag: bool) -> str:
 # Vocabulary.
 # ---------------------------------------------------------------------------------------------
 
-# A small fixed vocabulary keeps the byte-level model's job about the operation, not the words.
+# A small fixed lexicon keeps the model's job about the operation, not the words.
 WORDS: tuple[str, ...] = (
     "apple", "bird", "book", "box", "bus", "cake", "car", "cat", "chair", "cloud",
     "cup", "desk", "dog", "door", "duck", "egg", "fish", "frog", "hat", "horse",
@@ -159,14 +159,26 @@ def initials(words: Sequence[str]) -> str:
   return "".join(word[0] for word in words)
 
 
+def spell(word: str) -> str:
+  """Writes a word letter by letter with spaces, e.g. `cat` -> `c a t`.
+
+  Letter-level tasks show words spelled out: the synthetic vocabulary keeps whole words as
+  single pieces, and spelling makes every letter its own token.
+  """
+  return " ".join(word)
+
+
 def spell_digits(digits: Sequence[int]) -> str:
   """Spells each digit as an English word, e.g. [3, 1] -> `three one`."""
   return " ".join(DIGIT_WORDS[d] for d in digits)
 
 
 def to_json_list(numbers: Sequence[int]) -> str:
-  """Formats numbers as a JSON array, e.g. `[3, 1, 2]`."""
-  return "[" + join_items(numbers) + "]"
+  """Formats numbers as a JSON array with spaces inside the brackets, e.g. `[ 3, 1, 2 ]`.
+
+  The spaces keep each number the same token as in a plain list.
+  """
+  return "[ " + join_items(numbers) + " ]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,9 +219,9 @@ def pseudo_word(rng: random.Random, lo: int, hi: int, start_with_vowel: bool | N
   return "".join(letters)
 
 
-def word_or_pseudo(rng: random.Random) -> str:
+def word_or_pseudo(rng: random.Random, lo: int = 3, hi: int = 6) -> str:
   """Draws a vocabulary word or a made-up one, so letter tasks are about letters, not words."""
-  return rng.choice(WORDS) if rng.random() < 0.5 else pseudo_word(rng, 3, 6)
+  return rng.choice(WORDS) if rng.random() < 0.5 else pseudo_word(rng, lo, hi)
 
 
 def addition_problem(rng: random.Random) -> tuple[str, int]:

@@ -1,7 +1,7 @@
 """Procedural instruction tasks in the style of Super-NaturalInstructions: the offline default data.
 
 Each task has a definition, several instruction templates and a generator of fresh instances.
-Tasks are sized for a tiny byte-level model trained on CPU in minutes: short inputs over a small
+Tasks are sized for a tiny model trained on CPU in minutes: short inputs over a small
 fixed vocabulary, short targets, operations a small seq2seq model learns quickly. This module
 holds the list, string, counting, arithmetic and reasoning clusters and the registry; the other
 clusters live in `synthetic_tasks_more`, the shared building blocks in `synthetic_base`.
@@ -62,9 +62,9 @@ def _item_at_position(rng: random.Random) -> sb.Instance:
   return sb.gen_instance(f"list: {sb.join_items(items)}; position: {pos}", items[pos - 1])
 
 
-def _reverse_then_uppercase(rng: random.Random) -> sb.Instance:
+def _reverse_then_join_with_dash(rng: random.Random) -> sb.Instance:
   words = sb.sample_words(rng, 2, 4)
-  return sb.gen_instance(sb.join_items(words), sb.join_items(sb.reverse_items(words)).upper())
+  return sb.gen_instance(sb.join_items(words), sb.join_items(sb.reverse_items(words), " - "))
 
 
 def _first_and_last(rng: random.Random) -> sb.Instance:
@@ -110,13 +110,13 @@ LIST_TASKS = (
          "Pick the item at the requested position. {input}"],
         ["Count from the start and tell me the item at that place: {input}"]),
     sb.make_task(
-        "reverse_then_uppercase", LIST,
-        "Reverse the order of the list, then write every item in uppercase letters.",
-        _reverse_then_uppercase,
-        ["Reverse the list, then uppercase every word.\n{input}",
-         "{input}\nWrite the items in reverse order and in capital letters.",
-         "List: {input}\nReversed and uppercased:"],
-        ["Put this list backwards and make each word uppercase: {input}"],
+        "reverse_then_join_with_dash", LIST,
+        "Reverse the order of the list, then join the items with dashes.",
+        _reverse_then_join_with_dash,
+        ["Reverse the list, then join the words with dashes.\n{input}",
+         "{input}\nWrite the items in reverse order, joined by dashes.",
+         "List: {input}\nReversed and dashed:"],
+        ["Put this list backwards and connect the words with dashes: {input}"],
         heldout=True),
     sb.make_task(
         "first_and_last", LIST, "Given a list, output its first item and its last item.",
@@ -135,38 +135,43 @@ LIST_TASKS = (
 STRING = "string_editing"
 
 
-def _short_text(rng: random.Random) -> str:
-  return " ".join(sb.sample_words(rng, 1, 3))
+# String edits act on spelled-out words (`c a t`), one token per letter.
+
+
+def _word(rng: random.Random) -> str:
+  return sb.word_or_pseudo(rng, 3, 5)
 
 
 def _uppercase_words(rng: random.Random) -> sb.Instance:
-  text = _short_text(rng)
-  return sb.gen_instance(text, text.upper())
+  word = _word(rng)
+  return sb.gen_instance(sb.spell(word), sb.spell(word.upper()))
 
 
 def _lowercase_words(rng: random.Random) -> sb.Instance:
-  text = _short_text(rng)
-  return sb.gen_instance(text.upper(), text)
+  word = _word(rng)
+  return sb.gen_instance(sb.spell(word.upper()), sb.spell(word))
 
 
 def _capitalize_words(rng: random.Random) -> sb.Instance:
-  text = _short_text(rng)
-  return sb.gen_instance(text, sb.capitalize_words(text))
+  word = _word(rng)
+  return sb.gen_instance(sb.spell(word), sb.spell(sb.capitalize_words(word)))
 
 
 def _reverse_letters(rng: random.Random) -> sb.Instance:
-  word = sb.pseudo_word(rng, 3, 7)
-  return sb.gen_instance(word, word[::-1])
+  word = _word(rng)
+  return sb.gen_instance(sb.spell(word), sb.spell(word[::-1]))
 
 
 def _remove_vowels(rng: random.Random) -> sb.Instance:
-  text = _short_text(rng)
-  return sb.gen_instance(text, sb.remove_vowels(text))
+  while True:
+    word = _word(rng)
+    if sb.remove_vowels(word):
+      return sb.gen_instance(sb.spell(word), sb.spell(sb.remove_vowels(word)))
 
 
 def _uppercase_reversed_word(rng: random.Random) -> sb.Instance:
-  word = sb.pseudo_word(rng, 3, 7)
-  return sb.gen_instance(word, word[::-1].upper())
+  word = _word(rng)
+  return sb.gen_instance(sb.spell(word), sb.spell(word[::-1].upper()))
 
 
 STRING_TASKS = (
@@ -233,10 +238,10 @@ def _count_letter(rng: random.Random) -> sb.Instance:
   # Pick the answer first: in short texts most letters occur once, which would swamp other counts.
   want = rng.choice([0, 1, 2, 3])
   while True:
-    text = " ".join(sb.sample_words(rng, 1, 3, max_chars=18))
+    text = sb.pseudo_word(rng, 3, 6)
     letters = [c for c in sb.LETTERS if sb.count_letter(text, c) == want]
     if letters:
-      return sb.gen_instance(f"letter: {rng.choice(letters)}; text: {text}", want)
+      return sb.gen_instance(f"letter: {rng.choice(letters)}; word: {sb.spell(text)}", want)
 
 
 def _count_word(rng: random.Random) -> sb.Instance:
@@ -250,8 +255,8 @@ def _count_word(rng: random.Random) -> sb.Instance:
 
 
 def _word_length(rng: random.Random) -> sb.Instance:
-  word = sb.pseudo_word(rng, 2, 8)
-  return sb.gen_instance(word, len(word))
+  word = sb.pseudo_word(rng, 2, 6)
+  return sb.gen_instance(sb.spell(word), len(word))
 
 
 COUNT_TASKS = (
@@ -299,7 +304,8 @@ def _subtract_numbers(rng: random.Random) -> sb.Instance:
 
 
 def _add_one(rng: random.Random) -> sb.Instance:
-  n = rng.randint(0, 999)
+  # Numbers up to 99 are single tokens of the synthetic vocabulary.
+  n = rng.randint(0, 98)
   return sb.gen_instance(str(n), n + 1)
 
 

@@ -43,7 +43,7 @@ def _longer_word(rng: random.Random) -> sb.Instance:
 
 
 def _same_or_different(rng: random.Random) -> sb.Instance:
-  a = sb.pseudo_word(rng, 3, 5)
+  a = sb.pseudo_word(rng, 3, 4)
   if rng.random() < 0.5:
     b = a
   else:
@@ -53,10 +53,10 @@ def _same_or_different(rng: random.Random) -> sb.Instance:
         i = rng.randrange(len(a))
         b = a[:i] + rng.choice(sb.LETTERS) + a[i + 1:]
       else:
-        b = sb.pseudo_word(rng, 3, 5)
+        b = sb.pseudo_word(rng, 3, 4)
       if b != a:
         break
-  return sb.cls_instance(f"{a}, {b}", "same" if a == b else "different", ["same", "different"])
+  return sb.cls_instance(f"{sb.spell(a)}, {sb.spell(b)}", "same" if a == b else "different", ["same", "different"])
 
 
 def _first_larger_than_last(rng: random.Random) -> sb.Instance:
@@ -117,22 +117,22 @@ CLASSIFY = "classification"
 
 
 def _even_or_odd(rng: random.Random) -> sb.Instance:
-  n = rng.randint(0, 999)
+  n = rng.randint(0, 99)
   return sb.cls_instance(str(n), "even" if n % 2 == 0 else "odd", ["even", "odd"])
 
 
 def _positive_or_negative(rng: random.Random) -> sb.Instance:
-  n = rng.choice([-1, 1]) * rng.randint(1, 999)
+  n = rng.choice([-1, 1]) * rng.randint(1, 99)
   return sb.cls_instance(str(n), "positive" if n > 0 else "negative", ["positive", "negative"])
 
 
 def _letter_query(rng: random.Random, matches: Callable[[str, str], bool]) -> sb.Instance:
   # Balanced labels: decide the answer first, then draw a letter that gives it.
-  word = sb.word_or_pseudo(rng)
+  word = sb.word_or_pseudo(rng, 3, 5)
   want = rng.random() < 0.5
   letters = [c for c in sb.LETTERS if matches(word, c) == want]
   letter = rng.choice(letters)
-  return sb.cls_instance(f"word: {word}; letter: {letter}", sb.yes_no(want), sb.YES_NO)
+  return sb.cls_instance(f"word: {sb.spell(word)}; letter: {letter}", sb.yes_no(want), sb.YES_NO)
 
 
 def _starts_with_letter(rng: random.Random) -> sb.Instance:
@@ -153,8 +153,8 @@ def _list_contains_word(rng: random.Random) -> sb.Instance:
 
 def _starts_with_vowel(rng: random.Random) -> sb.Instance:
   vowel = rng.random() < 0.5
-  word = sb.pseudo_word(rng, 3, 6, start_with_vowel=vowel)
-  return sb.cls_instance(word, "vowel" if vowel else "consonant", ["vowel", "consonant"])
+  word = sb.pseudo_word(rng, 3, 5, start_with_vowel=vowel)
+  return sb.cls_instance(sb.spell(word), "vowel" if vowel else "consonant", ["vowel", "consonant"])
 
 
 CLASSIFY_TASKS = (
@@ -243,27 +243,28 @@ def _extract_name(rng: random.Random) -> sb.Instance:
 
 
 def _initials(rng: random.Random) -> sb.Instance:
-  words = sb.sample_words(rng, 2, 5, max_chars=32)
-  return sb.gen_instance(" ".join(words), sb.initials(words))
+  words = sb.sample_words(rng, 2, 4, max_chars=32)
+  return sb.gen_instance(" ".join(words), sb.spell(sb.initials(words)))
 
 
 def _lookup_value(rng: random.Random) -> sb.Instance:
   keys = rng.sample(sb.LETTERS, rng.randint(2, 4))
   values = [rng.randint(0, 99) for _ in keys]
-  pairs = sb.join_items(f"{k}={v}" for k, v in zip(keys, values))
+  pairs = sb.join_items(f"{k}: {v}" for k, v in zip(keys, values))
   i = rng.randrange(len(keys))
   return sb.gen_instance(f"{pairs}; key: {keys[i]}", values[i])
 
 
 def _word_with_letter(rng: random.Random) -> sb.Instance:
   while True:
-    words = sb.sample_words(rng, 3, 3, max_chars=24)
+    words = rng.sample([w for w in sb.WORDS if len(w) <= 4], 3)
     # A letter found in exactly one word makes a single right answer.
     unique = sorted(c for c in set("".join(words)) if sum(c in w for w in words) == 1)
     if unique:
       letter = rng.choice(unique)
       answer = next(w for w in words if letter in w)
-      return sb.cls_instance(f"{sb.join_items(words)}; letter: {letter}", answer, words)
+      spelled = [sb.spell(w) for w in words]
+      return sb.cls_instance(f"{sb.join_items(spelled)}; letter: {letter}", sb.spell(answer), spelled)
 
 
 EXTRACT_TASKS = (
@@ -290,7 +291,7 @@ EXTRACT_TASKS = (
         ["Form an acronym from the starting letters of the words: {input}"]),
     sb.make_task(
         "lookup_value", EXTRACT,
-        "Given key=value pairs and a key, output the value stored under that key.", _lookup_value,
+        "Given key: value pairs and a key, output the value stored under that key.", _lookup_value,
         ["Return the value stored under the given key.\n{input}",
          "{input}\nWhat is the value of that key?",
          "Look up the key and give its number. {input}"],
@@ -344,7 +345,7 @@ def _spell_digits(rng: random.Random) -> sb.Instance:
 
 def _join_with_dash(rng: random.Random) -> sb.Instance:
   words = sb.sample_words(rng, 2, 4)
-  return sb.gen_instance(" ".join(words), "-".join(words))
+  return sb.gen_instance(" ".join(words), sb.join_items(words, " - "))
 
 
 FORMAT_TASKS = (
