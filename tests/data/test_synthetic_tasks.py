@@ -180,6 +180,7 @@ def test_list_operations():
   assert sb.join_items(["a", "b"], " ") == "a b"
   assert sb.to_json_list([3, 1, 2]) == "[ 3, 1, 2 ]"
   assert sb.spell("cat") == "c a t"
+  assert sb.digits(472) == "4 7 2"
 
 
 def test_string_operations():
@@ -210,10 +211,12 @@ def test_generators_compute_their_targets():
   for x in _take(st.get_task("max_number"), "train", 50):
     assert int(x["target"]) == max(int(n) for n in _parse_list(x["input"]))
   for x in _take(st.get_task("add_numbers"), "train", 50):
-    a, b = x["input"].split(" + ")
-    assert int(x["target"]) == int(a) + int(b)
+    a, b = x["input"].replace(" ", "").split("+")
+    assert int(x["target"].replace(" ", "")) == int(a) + int(b)
+  for x in _take(st.get_task("add_one"), "train", 50):
+    assert int(x["target"].replace(" ", "")) == int(x["input"].replace(" ", "")) + 1
   for x in _take(st.get_task("even_or_odd"), "train", 50):
-    assert x["target"] == ("even" if int(x["input"]) % 2 == 0 else "odd")
+    assert x["target"] == ("even" if int(x["input"].replace(" ", "")) % 2 == 0 else "odd")
   for x in _take(st.get_task("json_to_space"), "train", 50):
     assert x["target"] == x["input"].strip("[ ]").replace(",", "")
   for x in _take(st.get_task("who_is_taller"), "train", 50):

@@ -224,19 +224,29 @@ def word_or_pseudo(rng: random.Random, lo: int = 3, hi: int = 6) -> str:
   return rng.choice(WORDS) if rng.random() < 0.5 else pseudo_word(rng, lo, hi)
 
 
+def digits(n: int) -> str:
+  """Writes a number digit by digit, e.g. 472 -> `4 7 2`.
+
+  Arithmetic and parity tasks write numbers this way: in the synthetic vocabulary a whole
+  number is one piece, and a rule over the pieces of numbers a task never showed cannot be
+  learned, while a rule over digits carries over to any number.
+  """
+  return " ".join(str(n))
+
+
 def addition_problem(rng: random.Random) -> tuple[str, int]:
-  """Draws `a + b` and its sum; one operand is a single digit."""
+  """Draws `a + b` (written in digits) and its sum; one operand is a single digit."""
   # One small operand keeps carries within what a tiny model learns in minutes.
   a, b = rng.randint(0, 89), rng.randint(0, 9)
   if rng.random() < 0.5:
     a, b = b, a
-  return f"{a} + {b}", a + b
+  return f"{digits(a)} + {digits(b)}", a + b
 
 
 def subtraction_problem(rng: random.Random) -> tuple[str, int]:
-  """Draws `a - b` with a positive difference and a single-digit `b`, and the difference."""
+  """Draws `a - b` (written in digits) with a single-digit `b`, and the difference."""
   a, b = rng.randint(10, 99), rng.randint(0, 9)
-  return f"{a} - {b}", a - b
+  return f"{digits(a)} - {digits(b)}", a - b
 
 
 def word_problem(rng: random.Random) -> tuple[str, int]:
@@ -245,13 +255,14 @@ def word_problem(rng: random.Random) -> tuple[str, int]:
   return f"{rng.choice(NAMES)} has {a} {rng.choice(PLURALS)} and gets {b} more.", a + b
 
 
-def number_options(rng: random.Random, answer: int, n: int = 3, spread: int = 3) -> list[str]:
-  """Returns `n` distinct non-negative numbers near `answer` (including it), shuffled."""
+def number_options(rng: random.Random, answer: int, n: int = 3, spread: int = 3,
+                   write: Callable[[int], str] = str) -> list[str]:
+  """Returns `n` distinct non-negative numbers near `answer` (including it), written by `write`, shuffled."""
   options = {answer}
   while len(options) < n:
     candidate = answer + rng.choice([d for d in range(-spread, spread + 1) if d])
     if candidate >= 0:
       options.add(candidate)
-  result = [str(x) for x in sorted(options)]
+  result = [write(x) for x in sorted(options)]
   rng.shuffle(result)
   return result

@@ -296,17 +296,18 @@ ARITH = "arithmetic"
 
 
 def _add_numbers(rng: random.Random) -> sb.Instance:
-  return sb.gen_instance(*sb.addition_problem(rng))
+  text, answer = sb.addition_problem(rng)
+  return sb.gen_instance(text, sb.digits(answer))
 
 
 def _subtract_numbers(rng: random.Random) -> sb.Instance:
-  return sb.gen_instance(*sb.subtraction_problem(rng))
+  text, answer = sb.subtraction_problem(rng)
+  return sb.gen_instance(text, sb.digits(answer))
 
 
 def _add_one(rng: random.Random) -> sb.Instance:
-  # Numbers up to 99 are single tokens of the synthetic vocabulary.
-  n = rng.randint(0, 98)
-  return sb.gen_instance(str(n), n + 1)
+  n = rng.randint(0, 998)
+  return sb.gen_instance(sb.digits(n), sb.digits(n + 1))
 
 
 ARITH_TASKS = (

@@ -117,8 +117,8 @@ CLASSIFY = "classification"
 
 
 def _even_or_odd(rng: random.Random) -> sb.Instance:
-  n = rng.randint(0, 99)
-  return sb.cls_instance(str(n), "even" if n % 2 == 0 else "odd", ["even", "odd"])
+  n = rng.randint(0, 999)
+  return sb.cls_instance(sb.digits(n), "even" if n % 2 == 0 else "odd", ["even", "odd"])
 
 
 def _positive_or_negative(rng: random.Random) -> sb.Instance:
@@ -478,12 +478,12 @@ MC_MATH = "multiple_choice_math"
 
 def _add_with_options(rng: random.Random) -> sb.Instance:
   text, answer = sb.addition_problem(rng)
-  return sb.cls_instance(text, answer, sb.number_options(rng, answer))
+  return sb.cls_instance(text, sb.digits(answer), sb.number_options(rng, answer, write=sb.digits))
 
 
 def _subtract_with_options(rng: random.Random) -> sb.Instance:
   text, answer = sb.subtraction_problem(rng)
-  return sb.cls_instance(text, answer, sb.number_options(rng, answer))
+  return sb.cls_instance(text, sb.digits(answer), sb.number_options(rng, answer, write=sb.digits))
 
 
 def _count_items_with_options(rng: random.Random) -> sb.Instance:
