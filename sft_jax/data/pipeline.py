@@ -39,7 +39,7 @@ def iterate_numpy(dataset: tf.data.Dataset, features: Sequence[str], chunk_size:
     kept.update({f"{name}@length": tf.shape(example[name])[0] for name in features})
     return kept
 
-  chunks = dataset.map(keep_with_lengths, num_parallel_calls=None).padded_batch(chunk_size)
+  chunks = dataset.map(keep_with_lengths).padded_batch(chunk_size)
   for chunk in chunks.as_numpy_iterator():
     for i in range(len(chunk[f"{features[0]}@length"])):
       yield {name: chunk[name][i, :chunk[f"{name}@length"][i]] for name in features}

@@ -2,8 +2,9 @@
 
 The default kind is bytes (no file, nothing to train). The embedded synthetic
 tasks bring their own SentencePiece model, trained on their text
-(`sft_jax.data.collections.synthetic_vocab`). Pretrained models bring their own tokenizer: a SentencePiece model (T5,
-Flan-T5) or a Hugging Face `tokenizer.json` (LLaMA family, Qwen, ...).
+(`sft_jax.data.collections.synthetic_vocab`). Pretrained models bring their own
+tokenizer: a SentencePiece model (T5, Flan-T5) or a Hugging Face `tokenizer.json`
+(LLaMA family, Qwen, ...).
 """
 
 from __future__ import annotations

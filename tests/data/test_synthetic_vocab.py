@@ -19,13 +19,11 @@ def processor() -> spm.SentencePieceProcessor:
 
 
 def _rendered(n: int = 30):
+  """(task, first n examples) for every task and split, over all its phrasings."""
   for task in st.TASKS:
     for split in ("train", "test"):
-      yield task, from_iter(synthetic.render_examples(task, task.templates + task.heldout_templates, split, 0), n)
-
-
-def from_iter(iterator, n):
-  return list(itertools.islice(iterator, n))
+      examples = synthetic.render_examples(task, task.templates + task.heldout_templates, split, 0)
+      yield task, list(itertools.islice(examples, n))
 
 
 def test_every_string_encodes_without_fallback_and_decodes_back(processor):

@@ -231,7 +231,7 @@ def digits(n: int) -> str:
   number is one piece, and a rule over the pieces of numbers a task never showed cannot be
   learned, while a rule over digits carries over to any number.
   """
-  return " ".join(str(n))
+  return spell(str(n))
 
 
 def addition_problem(rng: random.Random) -> tuple[str, int]:

@@ -56,7 +56,8 @@ def _same_or_different(rng: random.Random) -> sb.Instance:
         b = sb.pseudo_word(rng, 3, 4)
       if b != a:
         break
-  return sb.cls_instance(f"{sb.spell(a)}, {sb.spell(b)}", "same" if a == b else "different", ["same", "different"])
+  label = "same" if a == b else "different"
+  return sb.cls_instance(f"{sb.spell(a)}, {sb.spell(b)}", label, ["same", "different"])
 
 
 def _first_larger_than_last(rng: random.Random) -> sb.Instance:

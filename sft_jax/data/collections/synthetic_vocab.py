@@ -1,12 +1,12 @@
 """The SentencePiece vocabulary of the synthetic tasks, trained on their own rendered text.
 
 Why not bytes: a byte model spends most of its compute spelling out instructions. Trained on
-the generator's output, a 1024-piece unigram model writes each instruction word, list word and
-number from 0 to 99 as one piece, so an example is about 2.7x fewer tokens and a from-scratch
+the generator's output, a 1536-piece BPE model writes each instruction word, list word and
+number from 0 to 99 as one piece, so an example is about 3x fewer tokens and a from-scratch
 CPU model sees that many more examples in the same minutes. Letter-level tasks spell their
-words out (`c a t`), which makes every letter its own piece. Newline is a piece (templates keep
-their line structure), normalization is the identity and unknown characters fall back to bytes,
-so every string decodes back to itself.
+words out (`c a t`), which makes every letter its own piece. Unknown characters fall back to
+bytes, and normalization changes nothing but newlines (below), so every string without a
+newline decodes back to itself.
 
 The model file ships with the package (`synthetic.spm.model`) so that training and evaluation
 read identical pieces on every machine; `python -m sft_jax.data.collections.synthetic_vocab`
@@ -30,11 +30,11 @@ from sft_jax.data.collections import synthetic_tasks
 
 MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "synthetic.spm.model")
 VOCAB_SIZE = 1536
-# Identity normalization, except that a newline gains a following space: the next word then
-# gets the same word-initial piece as anywhere else (`\n`, `▁What`), instead of a second
-# spelling of every line-initial word. So a decoded newline reads "\n ".
 # Punctuation is always its own piece, so `46,` and `46` are the same number piece.
 _PUNCTUATION = ",.:;?!-=[]()"
+# Identity normalization, except that a newline gains a space on each side: it becomes its own
+# piece and the next word gets the same word-initial piece as anywhere else (`▁\n`, `▁What`),
+# instead of a second spelling of every line-initial word. So a decoded newline reads " \n ".
 _NORMALIZATION_RULES = "0A\t20 0A 20\n"
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 # Examples per template set rendered into the training corpus.
@@ -58,14 +58,18 @@ def train_model_proto(lines: Iterator[str], vocab_size: int = VOCAB_SIZE,
                       require_number_pieces: bool = True) -> bytes:
   """Trains the BPE SentencePiece model on `lines`; returns the serialized model."""
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=lines, model_writer=model, vocab_size=vocab_size, model_type="bpe",
-      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-      normalization_rule_tsv=_rules_file(), remove_extra_whitespaces=False,
-      user_defined_symbols=list(_PUNCTUATION), byte_fallback=True, character_coverage=1.0,
-      split_digits=False, max_sentencepiece_length=16,
-      # One thread: the same corpus gives the same model.
-      num_threads=1, minloglevel=2)
+  with tempfile.TemporaryDirectory(prefix="synthetic_spm") as tmp:
+    rules = os.path.join(tmp, "rules.tsv")
+    with open(rules, "w") as f:
+      f.write(_NORMALIZATION_RULES)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines, model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+        normalization_rule_tsv=rules, remove_extra_whitespaces=False,
+        user_defined_symbols=list(_PUNCTUATION), byte_fallback=True, character_coverage=1.0,
+        split_digits=False, max_sentencepiece_length=16,
+        # One thread: the same corpus gives the same model.
+        num_threads=1, minloglevel=2)
   proto = _drop_rules_path(model.getvalue())
   if require_number_pieces:
     _check_numbers_are_pieces(proto)
@@ -81,14 +85,6 @@ def _drop_rules_path(proto: bytes) -> bytes:
   model.ParseFromString(proto)
   model.normalizer_spec.ClearField("normalization_rule_tsv")
   return model.SerializeToString()
-
-
-@functools.lru_cache(maxsize=None)
-def _rules_file() -> str:
-  path = os.path.join(tempfile.mkdtemp(prefix="synthetic_spm"), "rules.tsv")
-  with open(path, "w") as f:
-    f.write(_NORMALIZATION_RULES)
-  return path
 
 
 def _check_numbers_are_pieces(proto: bytes) -> None:
