@@ -10,7 +10,9 @@ would have produced next.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping, Sequence
+import queue
+import threading
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -69,19 +71,77 @@ class InputConfig:
   target_length: int
   split: str = "train"
   seed: int = 0
+  # tf.data autotuning runs a tuning thread and widens parallel maps; where the same few
+  # cores also run the train step (a CPU host) that costs more than it saves.
+  autotune: bool = True
+
+
+class _Prefetcher:
+  """Runs an iterator in a daemon thread, up to `depth` items ahead of its reader.
+
+  The producer (tf.data, the Python packer) overlaps with the jitted step, whose
+  dispatch returns at once and which releases the GIL while it runs.
+  """
+
+  _DONE = object()
+
+  def __init__(self, make_iterator: Callable[[], Iterator], depth: int):
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(make_iterator,), daemon=True,
+                                    name="sft_jax-input")
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _produce(self, make_iterator: Callable[[], Iterator]) -> None:
+    try:
+      for item in make_iterator():
+        if not self._put(item):
+          return
+      self._put(self._DONE)
+    except BaseException as e:  # handed to the reader, raised there
+      self._put(e)
+
+  def __next__(self):
+    item = self._queue.get()
+    if item is self._DONE:
+      self._queue.put(item)  # later calls stop too
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()
 
 
 class TrainInput:
-  """An iterator of packed host-local batches with a resumable position."""
+  """An iterator of packed host-local batches with a resumable position.
 
-  def __init__(self, config: InputConfig, process_index: int = 0, process_count: int = 1):
+  With `prefetch` > 0 the batches are produced that many ahead in a background thread;
+  the position saved in checkpoints counts the batches handed out, not those produced.
+  """
+
+  def __init__(self, config: InputConfig, process_index: int = 0, process_count: int = 1,
+               prefetch: int = 0, state: Mapping | None = None):
     if config.batch_size % process_count:
       raise ValueError(
           f"batch_size {config.batch_size} is not divisible by the process count {process_count}")
     self.config = config
     self.local_batch_size = config.batch_size // process_count
     self._shard_info = seqio.ShardInfo(index=process_index, num_shards=process_count)
-    self._packer = self._new_packer()
+    self._prefetch = prefetch
+    self._source = None
+    self._start(self._checked_position(state) if state else 0)
 
   def _new_packer(self) -> packing.BestFitPacker:
     c = self.config
@@ -95,7 +155,9 @@ class TrainInput:
         num_epochs=None,
         trim_output_features=False,
     )
-    examples = iterate_numpy(dataset, ("inputs", "targets"))
+    options = tf.data.Options()
+    options.autotune.enabled = c.autotune
+    examples = iterate_numpy(dataset.with_options(options), ("inputs", "targets"))
     # The packer reads a whole buffer before its first row; 16 examples per row of
     # the batch spans a few batches (enough choice for dense rows) without making
     # the first step wait on thousands of examples from a slow Python source.
@@ -103,26 +165,49 @@ class TrainInput:
     return packing.BestFitPacker(examples, self.local_batch_size, c.input_length, c.target_length,
                                  buffer_size=buffer_size, shuffle_seed=c.seed)
 
+  def _start(self, position: int) -> None:
+    """(Re)starts the stream at `position` batches by replaying the deterministic stream."""
+    self.close()
+    self._packer = self._new_packer()
+    self._position = position
+
+    def batches() -> Iterator[Mapping[str, np.ndarray]]:
+      for _ in range(position):
+        next(self._packer)
+      yield from self._packer
+
+    self._source = _Prefetcher(batches, self._prefetch) if self._prefetch else batches()
+
   @property
   def counts(self) -> packing.PackingCounts:
+    """Truncated/dropped counts of the packer (prefetched batches included)."""
     return self._packer.counts
 
   def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
     return self
 
   def __next__(self) -> Mapping[str, np.ndarray]:
-    return next(self._packer)
+    batch = next(self._source)
+    self._position += 1
+    return batch
 
   def get_state(self) -> dict:
     """The position to store in a checkpoint."""
-    return {"batches_emitted": self._packer.batches_emitted, "seed": self.config.seed,
+    return {"batches_emitted": self._position, "seed": self.config.seed,
             "mixture_or_task_name": self.config.mixture_or_task_name}
 
-  def set_state(self, state: Mapping) -> None:
-    """Moves to a stored position by replaying the deterministic stream up to it."""
+  def _checked_position(self, state: Mapping) -> int:
     if state["mixture_or_task_name"] != self.config.mixture_or_task_name or state["seed"] != self.config.seed:
       raise ValueError(f"checkpoint data state {dict(state)} does not match the configured input "
                        f"({self.config.mixture_or_task_name!r}, seed {self.config.seed})")
-    self._packer = self._new_packer()
-    for _ in range(int(state["batches_emitted"])):
-      next(self._packer)
+    return int(state["batches_emitted"])
+
+  def set_state(self, state: Mapping) -> None:
+    """Moves to a stored position by replaying the deterministic stream up to it."""
+    self._start(self._checked_position(state))
+
+  def close(self) -> None:
+    """Stops the prefetch thread, if any."""
+    if isinstance(self._source, _Prefetcher):
+      self._source.close()
+    self._source = None

@@ -9,6 +9,7 @@ once per run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -66,6 +67,12 @@ class CheckpointScorer:
     self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
     self._predict = jax.jit(lambda p, b: model.predict_batch(nnx.merge(graphdef, p), b, target_length))
     self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
+
+  def with_params(self, params: Any) -> "CheckpointScorer":
+    """This scorer for other parameters of the same model, reusing its compiled functions."""
+    other = copy.copy(self)
+    other._params = params
+    return other
 
   def _input_bucket(self, longest: int) -> int:
     """The padded input length of a batch: the next multiple of 64, at most `input_length`."""
@@ -162,12 +169,14 @@ def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQU
   if step is None:
     raise ValueError(f"no checkpoint in {checkpointer.directory}")
 
-  scores_by_step = {}
+  scores_by_step, scorer = {}, None
   with state_lib.mesh_context(mesh, rules):
     for label, load in (("trained", functools.partial(state_lib.restore_params, checkpointer, step)),
                         ("baseline", state_lib.init_params)):
       graphdef, params = load(model, seed, mesh, rules)
-      scorer = CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length)
+      # Both parameter sets share one model structure, so they share compiled functions.
+      scorer = (scorer.with_params(params) if scorer else
+                CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length))
       scores_by_step[label] = score_tasks(scorer, split_decl.eval_tasks, examples, vocab)
       logging.info("scored %s parameters on %d tasks", label, len(examples))
 

@@ -43,3 +43,19 @@ def weighted_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
   loss_sum = jnp.sum(jnp.where(nonzero_BxT, loss_BxT * weights_BxT, 0.0))
   z_loss_sum = jnp.sum(jnp.where(nonzero_BxT, z_loss_BxT * weights_BxT, 0.0))
   return loss_sum, z_loss_sum, jnp.sum(weights_BxT)
+
+
+def per_example_weights(weights_BxT: jax.Array, segment_ids_BxT: jax.Array | None) -> jax.Array:
+  """Scales each example's token weights to sum to 1, so that every example weighs the same.
+
+  With these weights a token-weighted sum divided by the sum of weights is the mean over
+  examples of each example's mean token loss (t5x's AVERAGE_PER_SEQUENCE): a one-token
+  answer counts as much as a sixteen-token one. Examples are told apart by segment id
+  in packed rows; without segment ids a row is one example.
+  """
+  weights_BxT = weights_BxT.astype(jnp.float32)
+  if segment_ids_BxT is None:
+    segment_ids_BxT = (weights_BxT != 0).astype(jnp.int32)
+  same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  example_weight_BxT = jnp.einsum("btu,bu->bt", same_BxTxT.astype(jnp.float32), weights_BxT)
+  return jnp.where(weights_BxT != 0, weights_BxT / jnp.maximum(example_weight_BxT, 1e-9), 0.0)

@@ -51,6 +51,11 @@ class Checkpointer:
     logging.info("restored checkpoint %s/%d", self.directory, step)
     return {name: restored[name] for name in abstract_items}, dict(restored["data"])
 
+  def restore_data_state(self, step: int) -> dict:
+    """The JSON data position saved at `step`, without reading any array."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+    return dict(restored["data"])
+
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self._manager.wait_until_finished()

@@ -1,8 +1,11 @@
 """The train step: a pure function `train_step(state, batch) -> (state, metrics)`.
 
-The loss is the sum of target-token cross-entropies divided by the number of
-target tokens in the whole global batch (not per example, not per row), so every
-target token weighs the same however the examples were packed.
+By default the loss is the sum of target-token cross-entropies divided by the number
+of target tokens in the whole global batch (not per row), so every target token weighs
+the same however the examples were packed. With `loss_normalization="examples"` each
+example's tokens are first scaled to sum to one, so the loss is the mean over the
+batch's examples of their mean token loss, and short answers (a class label, a number)
+weigh as much as long ones.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from sft_jax.models import losses
+
+LOSS_NORMALIZATIONS = ("tokens", "examples")
 
 
 @flax.struct.dataclass
@@ -37,12 +44,26 @@ class StepConfig:
   label_smoothing: float = 0.0
   z_loss: float = 0.0
   dropout_seed: int = 0
+  loss_normalization: str = "tokens"  # or "examples"
+
+  def __post_init__(self):
+    if self.loss_normalization not in LOSS_NORMALIZATIONS:
+      raise ValueError(f"loss_normalization={self.loss_normalization!r}; expected one of {LOSS_NORMALIZATIONS}")
+
+
+def _loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
+  weights = batch.get("decoder_loss_weights")
+  return (batch["decoder_target_tokens"] != 0) if weights is None else weights
 
 
 def train_step(config: StepConfig, state: TrainState,
                batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and scalar metrics."""
   dropout_rng = jax.random.fold_in(jax.random.key(config.dropout_seed), state.step)
+  target_tokens = jnp.sum(_loss_weights(batch).astype(jnp.float32))
+  if config.loss_normalization == "examples":
+    batch = dict(batch, decoder_loss_weights=losses.per_example_weights(
+        _loss_weights(batch), batch.get("decoder_segment_ids")))
 
   def loss_of(params):
     module = nnx.merge(config.graphdef, params)
@@ -56,11 +77,12 @@ def train_step(config: StepConfig, state: TrainState,
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": loss,
-      "target_tokens": weight_sum,
+      "target_tokens": target_tokens,
       "grad_norm": optax.global_norm(grads),
       "learning_rate": jnp.asarray(config.schedule(state.step), jnp.float32),
   }
-  # Per-token means of the model's summed auxiliaries ("correct_sum" -> "correct": token accuracy).
+  # Weighted means of the model's summed auxiliaries ("correct_sum" -> "correct": token accuracy,
+  # over tokens or, with "examples" normalization, the mean of each example's token accuracy).
   metrics.update({k[:-len("_sum")]: v / jnp.maximum(weight_sum, 1.0)
                   for k, v in aux.items() if k.endswith("_sum") and k != "weight_sum"})
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,5 +1,8 @@
 """The synthetic mixture as seqio sees it: held-out split, determinism, exact replay."""
 
+import dataclasses
+import itertools
+
 import numpy as np
 import pytest
 import seqio
@@ -57,17 +60,42 @@ def _batches(train_input, n):
 def test_train_input_is_deterministic_and_replays_exactly():
   config = pipeline.InputConfig(synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3)
   full = _batches(pipeline.TrainInput(config), 5)
-  again = _batches(pipeline.TrainInput(config), 5)
-  resumed_input = pipeline.TrainInput(config)
+  # Prefetched in a thread, without tf.data autotuning: the same batches.
+  untuned = dataclasses.replace(config, autotune=False)
+  prefetching = pipeline.TrainInput(untuned, prefetch=2)
+  again = _batches(prefetching, 5)
+  # The saved position counts batches handed out, not the ones the thread produced ahead.
+  assert prefetching.get_state()["batches_emitted"] == 5
+  prefetching.close()
+  resumed_input = pipeline.TrainInput(config, prefetch=3)
   _batches(resumed_input, 2)
   state = resumed_input.get_state()
+  resumed_input.close()
   restored = pipeline.TrainInput(config)
   restored.set_state(state)
   resumed = full[:2] + _batches(restored, 3)
-  for a, b, c in zip(full, again, resumed):
+  started_at = full[:2] + _batches(pipeline.TrainInput(config, prefetch=2, state=state), 3)
+  for a, b, c, d in zip(full, again, resumed, started_at):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
       np.testing.assert_array_equal(a[k], c[k])
+      np.testing.assert_array_equal(a[k], d[k])
   other_seed = next(pipeline.TrainInput(pipeline.InputConfig(
       synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=4)))
   assert not np.array_equal(other_seed["encoder_input_tokens"], full[0]["encoder_input_tokens"])
+
+
+@pytest.mark.parametrize("name", ["pick_largest_number", "reverse_list"])
+def test_task_source_yields_the_rendered_examples_in_order(name):
+  task = next(t for t in synthetic_tasks.TASKS if t.name == name)
+  # More than one chunk, the last one partial; choices are unpadded exactly.
+  count = synthetic.CHUNK_SIZE + 7
+  expected = list(itertools.islice(synthetic.render_examples(task, task.templates, "train", 5), count))
+  source = seqio.get_mixture_or_task(synthetic.task_name(task)).source
+  got = list(source.get_dataset("train", shuffle=False, seed=5).take(count).as_numpy_iterator())
+  assert len(got) == count
+  for e, g in zip(expected, got):
+    assert g["inputs"].decode() == e["inputs"] and g["targets"].decode() == e["targets"]
+    assert [c.decode() for c in g["answer_choices"]] == e["answer_choices"]
+    assert g["template"].decode() == e["template"]
+  assert any(e["answer_choices"] for e in expected) == task.is_classification

@@ -76,3 +76,28 @@ def test_padding_and_zero_weights_do_not_count():
                                           jnp.asarray(changed_targets), jnp.asarray(weights),
                                           0.1, 1e-3)
   np.testing.assert_allclose(np.asarray(changed), np.asarray(base), rtol=1e-6)
+
+
+def test_per_example_weights_make_the_loss_a_mean_of_example_means():
+  rng = np.random.default_rng(1)
+  # Two packed rows: segments of 1, 3 and 2 target tokens, then one of 4 and one of 1, padding after.
+  segments = np.array([[1, 2, 2, 2, 3, 3, 0, 0], [1, 1, 1, 1, 2, 0, 0, 0]])
+  weights = (segments > 0).astype(np.float32)
+  weights[0, 3] = 0  # a token of a segment that the loss skips
+  logits = rng.normal(size=(2, 8, 7)).astype(np.float32)
+  targets = rng.integers(1, 7, size=(2, 8))
+  scaled = np.asarray(losses.per_example_weights(jnp.asarray(weights), jnp.asarray(segments)))
+  loss, _, total = losses.weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(scaled))
+
+  nll = -np.take_along_axis(_log_softmax(logits.astype(np.float64)), targets[..., None], -1)[..., 0]
+  example_means = [nll[r][(segments[r] == s) & (weights[r] > 0)].mean()
+                   for r in range(2) for s in np.unique(segments[r]) if s]
+  assert float(total) == pytest.approx(5.0)  # one unit of weight per example
+  assert float(loss) / float(total) == pytest.approx(np.mean(example_means), rel=1e-5)
+  assert np.all(scaled[segments == 0] == 0) and scaled[0, 3] == 0
+
+
+def test_per_example_weights_without_segment_ids_treat_a_row_as_one_example():
+  weights = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
+  scaled = np.asarray(losses.per_example_weights(jnp.asarray(weights), None))
+  np.testing.assert_allclose(scaled, [[1 / 3, 1 / 3, 1 / 3, 0], [1, 0, 0, 0]], rtol=1e-6)

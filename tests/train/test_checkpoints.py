@@ -43,6 +43,8 @@ def test_save_restore_roundtrip_is_exact(tmp_path):
   other = _state(1, mesh)  # different values, same structure: restore must overwrite them all
   restored, data_state = state_lib.restore_train_state(ckpt, 7, like=other)
   assert data_state == {"batches_emitted": 7, "seed": 0, "step": 7}
+  # The trainer reads the data position first, to start its input before building the model.
+  assert ckpt.restore_data_state(7) == data_state
   assert int(restored.step) == 7
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from sft_jax.data import packing
@@ -25,16 +26,24 @@ def _batch():
   return {k: np.stack([r[k] for r in laid]) for k in packing.FEATURES}
 
 
-def _numpy_token_mean_loss(params, graphdef, batch):
+def _numpy_nll(params, graphdef, batch):
   logits = np.asarray(nnx.merge(graphdef, params)(
       batch["encoder_input_tokens"], batch["decoder_input_tokens"],
       encoder_segment_ids=batch["encoder_segment_ids"], decoder_segment_ids=batch["decoder_segment_ids"],
       encoder_positions=batch["encoder_positions"], decoder_positions=batch["decoder_positions"]), np.float64)
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
       -1, keepdims=True)
-  nll = -np.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+  return -np.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+
+
+def _numpy_token_mean_loss(params, graphdef, batch):
   w = batch["decoder_loss_weights"]
-  return (nll * w).sum() / w.sum()
+  return (_numpy_nll(params, graphdef, batch) * w).sum() / w.sum()
+
+
+def _numpy_example_mean_loss(params, graphdef, batch):
+  nll, seg = _numpy_nll(params, graphdef, batch), batch["decoder_segment_ids"]
+  return np.mean([nll[r][seg[r] == s].mean() for r in range(len(seg)) for s in np.unique(seg[r]) if s])
 
 
 def test_loss_is_the_mean_over_all_target_tokens_of_the_global_batch():
@@ -51,3 +60,23 @@ def test_loss_is_the_mean_over_all_target_tokens_of_the_global_batch():
   # The update is plain SGD: new = old - 0.1 * grad, so parameters moved.
   moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))]
   assert all(moved)
+
+
+def test_examples_normalization_averages_each_examples_mean_token_loss():
+  mesh = partitioning.create_mesh()
+  optimizer = optax.sgd(0.1)
+  graphdef, state = state_lib.init_train_state(MODEL, optimizer, 0, mesh, partitioning.logical_axis_rules())
+  # Sharper weights than at init make per-token losses differ, so the two normalizations differ.
+  state = state.replace(params=jax.tree.map(lambda p: 4 * p, state.params))
+  batch = _batch()
+  expected = _numpy_example_mean_loss(state.params, graphdef, batch)
+  assert not np.isclose(expected, _numpy_token_mean_loss(state.params, graphdef, batch), rtol=1e-3)
+  config = StepConfig(graphdef, MODEL, optimizer, optax.constant_schedule(0.1), loss_normalization="examples")
+  _, metrics = jax.jit(lambda s, b: train_step(config, s, b))(state, partitioning.global_batch(batch, mesh))
+  np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+  assert float(metrics["target_tokens"]) == batch["decoder_loss_weights"].sum() == 17
+
+
+def test_unknown_loss_normalization_is_refused():
+  with pytest.raises(ValueError, match="loss_normalization='sequences'"):
+    StepConfig(None, MODEL, optax.sgd(0.1), optax.constant_schedule(0.1), loss_normalization="sequences")
