@@ -91,7 +91,8 @@ class EncoderLayer(nnx.Module):
     self.mlp = layers.GatedGeluMlp(config.d_model, config.d_ff, dropout_rate=config.dropout_rate,
                                    **_common_kwargs(config, rngs))
 
-  def __call__(self, x_BxSxD: jax.Array, segment_ids_BxS: jax.Array, bias_BxHxSxS: jax.Array,
+  def __call__(self, x_BxSxD: jax.Array, segment_ids_BxS: jax.Array,
+               bias_BxHxSxS: jax.Array | attention.RelativeBias,
                dropout_rng: jax.Array | None) -> jax.Array:
     rngs = layers.split_rng(dropout_rng, 4)
     h_BxSxD = self.pre_attention_layer_norm(x_BxSxD)
@@ -117,17 +118,18 @@ class DecoderLayer(nnx.Module):
                                    **_common_kwargs(config, rngs))
 
   def _cross_and_mlp(self, x_BxTxD, cross_k_BxSxHxD, cross_v_BxSxHxD, q_segment_ids_BxT,
-                     encoder_segment_ids_BxS, rngs):
+                     encoder_segment_ids_BxS, rngs, impl=None):
     h_BxTxD = self.encoder_decoder_attention.attend(
         self.pre_cross_attention_layer_norm(x_BxTxD), cross_k_BxSxHxD, cross_v_BxSxHxD,
         q_segment_ids_BxQ=q_segment_ids_BxT, kv_segment_ids_BxK=encoder_segment_ids_BxS,
-        causal=False, dropout_rng=rngs[0])
+        causal=False, dropout_rng=rngs[0], impl=impl)
     x_BxTxD = x_BxTxD + layers.dropout(h_BxTxD, self.dropout_rate, rngs[1])
     h_BxTxD = self.mlp(self.pre_mlp_layer_norm(x_BxTxD), dropout_rng=rngs[2])
     return x_BxTxD + layers.dropout(h_BxTxD, self.dropout_rate, rngs[3])
 
   def __call__(self, x_BxTxD: jax.Array, encoded_BxSxD: jax.Array, segment_ids_BxT: jax.Array,
-               encoder_segment_ids_BxS: jax.Array, bias_BxHxTxT: jax.Array,
+               encoder_segment_ids_BxS: jax.Array,
+               bias_BxHxTxT: jax.Array | attention.RelativeBias,
                dropout_rng: jax.Array | None) -> jax.Array:
     rngs = layers.split_rng(dropout_rng, 6)
     h_BxTxD = self.pre_self_attention_layer_norm(x_BxTxD)
@@ -153,12 +155,15 @@ class DecoderLayer(nnx.Module):
     filled_L = (jnp.arange(max_len) <= position).astype(jnp.int32)
     kv_segment_ids_BxL = jnp.broadcast_to(filled_L[None, :], (batch, max_len))
     q_segment_ids_Bx1 = jnp.ones((batch, 1), jnp.int32)
+    # Single-query steps use the XLA path whatever the configured impl: there is no block of
+    # queries to tile, and the dense bias row of `position` is tiny.
     h_Bx1xD = self.self_attention.attend(
         h_Bx1xD, k_BxLxHxD, v_BxLxHxD, q_segment_ids_BxQ=q_segment_ids_Bx1,
-        kv_segment_ids_BxK=kv_segment_ids_BxL, causal=False, bias_BxHxQxK=bias_BxHx1xL)
+        kv_segment_ids_BxK=kv_segment_ids_BxL, causal=False, bias_BxHxQxK=bias_BxHx1xL,
+        impl="xla")
     x_Bx1xD = x_Bx1xD + h_Bx1xD
     x_Bx1xD = self._cross_and_mlp(x_Bx1xD, cross_kv[0], cross_kv[1], q_segment_ids_Bx1,
-                                  encoder_segment_ids_BxS, [None] * 4)
+                                  encoder_segment_ids_BxS, [None] * 4, impl="xla")
     return x_Bx1xD, {"k": k_BxLxHxD, "v": v_BxLxHxD}
 
 
@@ -167,6 +172,7 @@ class Encoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.dropout_rate = config.dropout_rate
+    self.attention_impl = config.attention_impl
     self.relpos_bias = _relpos_bias(config, True, rngs)
     self.layers = nnx.List([EncoderLayer(config, rngs=rngs)
                             for _ in range(config.num_encoder_layers)])
@@ -175,7 +181,7 @@ class Encoder(nnx.Module):
   def __call__(self, x_BxSxD: jax.Array, segment_ids_BxS: jax.Array, positions_BxS: jax.Array,
                dropout_rng: jax.Array | None) -> jax.Array:
     rngs = layers.split_rng(dropout_rng, len(self.layers) + 2)
-    bias_BxHxSxS = self.relpos_bias(positions_BxS, positions_BxS)
+    bias_BxHxSxS = self.relpos_bias.self_attention_bias(positions_BxS, self.attention_impl)
     x_BxSxD = layers.dropout(x_BxSxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):
       x_BxSxD = layer(x_BxSxD, segment_ids_BxS, bias_BxHxSxS, rng)
@@ -187,6 +193,7 @@ class Decoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.dropout_rate = config.dropout_rate
+    self.attention_impl = config.attention_impl
     self.relpos_bias = _relpos_bias(config, False, rngs)
     self.layers = nnx.List([DecoderLayer(config, rngs=rngs)
                             for _ in range(config.num_decoder_layers)])
@@ -198,7 +205,7 @@ class Decoder(nnx.Module):
                positions_BxT: jax.Array, encoder_segment_ids_BxS: jax.Array,
                dropout_rng: jax.Array | None) -> jax.Array:
     rngs = layers.split_rng(dropout_rng, len(self.layers) + 2)
-    bias_BxHxTxT = self.relpos_bias(positions_BxT, positions_BxT)
+    bias_BxHxTxT = self.relpos_bias.self_attention_bias(positions_BxT, self.attention_impl)
     y_BxTxD = layers.dropout(y_BxTxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):
       y_BxTxD = layer(y_BxTxD, encoded_BxSxD, segment_ids_BxT, encoder_segment_ids_BxS,

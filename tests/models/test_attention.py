@@ -1,7 +1,9 @@
-"""Relative position buckets and attention masks."""
+"""Relative position buckets, attention masks and the attention implementations' dispatch."""
 
 import math
 
+from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -83,9 +85,63 @@ def test_fully_masked_rows_are_finite():
 def test_unknown_attention_impl():
   x = jnp.zeros((1, 2, 1, 4))
   seg = jnp.ones((1, 2), jnp.int32)
-  with pytest.raises(NotImplementedError, match="pallas"):
-    attention.dot_product_attention(x, x, x, q_segment_ids_BxQ=seg, kv_segment_ids_BxK=seg,
-                                     causal=False, impl="pallas")
   with pytest.raises(ValueError, match="flash"):
     attention.dot_product_attention(x, x, x, q_segment_ids_BxQ=seg, kv_segment_ids_BxK=seg,
                                     causal=False, impl="flash")
+
+
+def _qkv_and_packing(seed, batch=2, length=40, heads=2, head_dim=8):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
+             for _ in range(3))
+  seg = np.zeros((batch, length), np.int32)
+  seg[0, :15], seg[0, 15:33] = 1, 2  # two packed examples, then padding
+  seg[1, :length - 5] = 1
+  # Positions restart per segment, as the packer writes them.
+  pos = np.zeros_like(seg)
+  for row in range(batch):
+    for s in set(seg[row]) - {0}:
+      pos[row, seg[row] == s] = np.arange(np.sum(seg[row] == s))
+  return q, k, v, jnp.asarray(seg), jnp.asarray(pos)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pallas_impl_matches_xla_on_rows_that_see_keys(causal):
+  q, k, v, seg, pos = _qkv_and_packing(0)
+  relpos = attention.RelativePositionBias(32, 128, 2, bidirectional=not causal,
+                                          rngs=nnx.Rngs(params=0))
+  # Pallas gets the table, xla the dense bias from per-segment positions: the same numbers.
+  dense = relpos.self_attention_bias(pos, "xla")
+  table = relpos.self_attention_bias(pos, "pallas")
+  assert isinstance(table, attention.RelativeBias) and table.table_NxH.shape == (32, 2)
+
+  def run(impl, bias):
+    return jax.jit(lambda q, k, v: attention.dot_product_attention(
+        q, k, v, q_segment_ids_BxQ=seg, kv_segment_ids_BxK=seg, causal=causal,
+        bias_BxHxQxK=bias, impl=impl))(q, k, v)
+
+  want = np.asarray(run("xla", dense))
+  got = np.asarray(run("pallas", table))
+  real = np.asarray(seg) != 0
+  np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
+  assert not np.any(got[~real]), "padding queries give zeros in the kernel"
+  # The table with the xla impl is materialized over token indices: equal on the real rows too.
+  np.testing.assert_allclose(np.asarray(run("xla", table))[real], want[real], rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_cudnn_is_refused_off_gpu():
+  q, k, v, seg, _ = _qkv_and_packing(1)
+  if jax.default_backend() == "gpu":
+    pytest.skip("cuDNN runs here")
+  with pytest.raises(ValueError, match=f"cudnn.*{jax.default_backend()}"):
+    attention.dot_product_attention(q, k, v, q_segment_ids_BxQ=seg, kv_segment_ids_BxK=seg,
+                                    causal=True, impl="cudnn")
+
+
+def test_attention_dropout_only_in_xla():
+  q, k, v, seg, _ = _qkv_and_packing(2)
+  with pytest.raises(ValueError, match="no attention dropout"):
+    attention.dot_product_attention(q, k, v, q_segment_ids_BxQ=seg, kv_segment_ids_BxK=seg,
+                                    causal=False, dropout_rate=0.1,
+                                    dropout_rng=jax.random.key(0), impl="pallas")
