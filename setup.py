@@ -26,10 +26,12 @@ setuptools.setup(
         "pyyaml>=6.0",
         "tokenizers>=0.23",
         "sentencepiece>=0.2.0",
+        "safetensors>=0.4",  # Hugging Face checkpoints in and out, without torch
+        "ml_dtypes>=0.5",  # bfloat16 safetensors as numpy arrays
     ],
     package_data={"sft_jax.data.collections": ["*.spm.model"]},
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },

@@ -22,9 +22,10 @@ import numpy as np
 import seqio
 from flax import nnx
 
-from sft_jax.data import mixtures, packing
+from sft_jax.data import mixtures
 from sft_jax.data.vocabularies import EOS_ID
 from sft_jax.evaluation import report as report_lib
+from sft_jax.inference import batching
 from sft_jax.train import checkpoints, partitioning
 from sft_jax.train import state as state_lib
 
@@ -53,11 +54,6 @@ def load_examples(task_name: str, split: str, max_examples: int) -> list[EvalExa
   return out
 
 
-def _chunks(items: Sequence, size: int):
-  for start in range(0, len(items), size):
-    yield items[start:start + size]
-
-
 class CheckpointScorer:
   """Jitted decoding and scoring for one set of parameters, with fixed batch shapes."""
 
@@ -74,27 +70,12 @@ class CheckpointScorer:
     other._params = params
     return other
 
-  def _input_bucket(self, longest: int) -> int:
-    """The padded input length of a batch: the next multiple of 64, at most `input_length`."""
-    return min(self.input_length, -(-longest // 64) * 64)
-
   def _run(self, fn: Callable, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Applies `fn` to (inputs, targets) pairs in fixed-size batches, returned in input order.
-
-    Pairs are sorted by input length and each batch is padded to a length bucket, so a
-    short prompt never pays for the longest one; each bucket compiles once.
-    """
-    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]))
-    outputs: list[np.ndarray | None] = [None] * len(pairs)
-    for chunk in _chunks(order, self.batch_size):
-      padded = list(chunk) + [chunk[-1]] * (self.batch_size - len(chunk))
-      length = self._input_bucket(max(len(pairs[k][0]) for k in chunk))
-      batch = packing.pad_unpacked([{"inputs": pairs[k][0], "targets": pairs[k][1]} for k in padded],
-                                   length, self.target_length)
-      result = np.asarray(jax.device_get(fn(self._params, partitioning.global_batch(batch, self._mesh))))
-      for k, row in zip(chunk, result):
-        outputs[k] = row
-    return np.stack(outputs)
+    """Applies `fn(params, batch)` to (inputs, targets) pairs in fixed-size, length-bucketed batches."""
+    return batching.run_in_batches(
+        functools.partial(fn, self._params), pairs, batch_size=self.batch_size,
+        input_length=self.input_length, target_length=self.target_length,
+        sharding=partitioning.batch_sharding(self._mesh))
 
   def generate(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
     """Greedy continuations of each example's prompt, as strings (EOS and after dropped)."""

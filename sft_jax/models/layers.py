@@ -88,6 +88,11 @@ class Embed(nnx.Module):
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
     return jnp.take(self.embedding[...], tokens_BxL, axis=0).astype(self.dtype)
 
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Logits [B, L, vocab] of `x_BxLxD` against the table (an output head tied to the input)."""
+    table_VxD = self.embedding[...].astype(self.dtype)
+    return jnp.einsum("bld,vd->blv", x_BxLxD.astype(self.dtype), table_VxD)
+
 
 class DenseGeneral(nnx.Module):
   """Bias-free projection contracting the trailing `in_shape` axes of the input.
@@ -111,21 +116,51 @@ class DenseGeneral(nnx.Module):
     return jnp.tensordot(x.astype(self.dtype), kernel, axes=self.num_in)
 
 
-class GatedGeluMlp(nnx.Module):
-  """T5 v1.1 feed-forward block: wo(gelu(wi_0 x) * wi_1 x)."""
+def _gelu_exact(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)
 
-  def __init__(self, d_model: int, d_ff: int, *, dropout_rate: float = 0.0,
-               dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
-               rngs: nnx.Rngs):
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=True)
+
+
+# Feed-forward activations by their Hugging Face names (`transformers.activations.ACT2FN`):
+# "gelu" is the exact erf form, "gelu_new" the tanh approximation T5 v1.1 was trained with.
+MLP_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+class Mlp(nnx.Module):
+  """T5 feed-forward block: gated wo(act(wi_0 x) * wi_1 x) (v1.1) or plain wo(act(wi x)) (v1.0)."""
+
+  def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu_new", gated: bool = True,
+               dropout_rate: float = 0.0, dtype: jnp.dtype = jnp.float32,
+               param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    if activation not in MLP_ACTIVATIONS:
+      raise ValueError(f"unknown MLP activation {activation!r}; expected one of {sorted(MLP_ACTIVATIONS)}")
+    self.activation = activation
+    self.gated = gated
     self.dropout_rate = dropout_rate
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.wi_0 = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
-    self.wi_1 = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
+    if gated:
+      self.wi_0 = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
+      self.wi_1 = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
+    else:
+      self.wi = DenseGeneral((d_model,), (d_ff,), ("embed", "mlp"), **kw)
     self.wo = DenseGeneral((d_ff,), (d_model,), ("mlp", "embed"), **kw)
 
   def __call__(self, x_BxLxD: jax.Array, *, dropout_rng: jax.Array | None = None) -> jax.Array:
-    # T5 v1.1 checkpoints were trained with the tanh approximation ("gelu_new" in HF).
-    hidden_BxLxF = jax.nn.gelu(self.wi_0(x_BxLxD), approximate=True) * self.wi_1(x_BxLxD)
+    act = MLP_ACTIVATIONS[self.activation]
+    if self.gated:
+      hidden_BxLxF = act(self.wi_0(x_BxLxD)) * self.wi_1(x_BxLxD)
+    else:
+      hidden_BxLxF = act(self.wi(x_BxLxD))
     hidden_BxLxF = dropout(hidden_BxLxF, self.dropout_rate, dropout_rng)
     return self.wo(hidden_BxLxF)
 

@@ -2,7 +2,10 @@
 
 T5 v1.1: pre-norm RMSNorm residual blocks, gated-GELU MLPs, no biases, relative position
 buckets (one bias table per stack, shared by all its layers), untied output head. Parameter
-names follow t5x (`token_embedder`, `encoder.layers[i].attention.query` ...).
+names follow t5x (`token_embedder`, `encoder.layers[i].attention.query` ...). The original T5
+(v1.0: ReLU MLP, output head tied to the embedding and fed decoder outputs scaled by
+d_model**-0.5) is the same network with `feed_forward_proj="relu"`, `tie_word_embeddings=True`
+and `scale_decoder_outputs=True`; `sft_jax.models.hf_io` reads both from Hugging Face.
 
 T5's only position signal is the relative bias inside self-attention, so cross-attention sees no
 positions: a model trained from scratch must first learn induction-style copying before it can
@@ -36,7 +39,7 @@ CrossKV = tuple[tuple[jax.Array, jax.Array], ...]
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-  """Hyperparameters of a T5 v1.1 network; the defaults are a tiny byte-level model."""
+  """Hyperparameters of a T5 network (v1.1 by default); the defaults are a tiny byte-level model."""
   vocab_size: int = 259  # seqio.ByteVocabulary: pad=0, eos=1, unk=2, bytes 3..258
   d_model: int = 128
   num_heads: int = 4
@@ -51,10 +54,38 @@ class T5Config:
   param_dtype: str = "float32"
   attention_impl: str = "xla"
   absolute_positions: bool = False  # add sinusoidal per-segment positions (not in T5)
+  # Hugging Face's name for the MLP: "gated-gelu" (v1.1, Flan-T5; tanh-approximate GELU),
+  # "relu" (v1.0), or generally "ACT" / "gated-ACT" with ACT in layers.MLP_ACTIVATIONS.
+  feed_forward_proj: str = "gated-gelu"
+  layer_norm_epsilon: float = 1e-6
+  # The output head is the token embedding table (v1.0) rather than its own kernel.
+  tie_word_embeddings: bool = False
+  # Decoder outputs are multiplied by d_model**-0.5 before the head, as v1.0 does with its tied head.
+  scale_decoder_outputs: bool = False
 
   def __post_init__(self):
     if self.absolute_positions and self.d_model % 2:
       raise ValueError(f"T5Config: absolute_positions needs an even d_model, got {self.d_model}")
+    mlp_activation(self.feed_forward_proj)  # fails early on a name the MLP cannot build
+    # The decoder's causal buckets keep num_buckets // 2 exact distances; a max_distance not above
+    # that makes the log-spaced buckets divide by log(1) = 0 (HF then indexes out of its table).
+    if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
+      raise ValueError(f"T5Config: relative_attention_max_distance={self.relative_attention_max_distance} "
+                       f"must exceed relative_attention_num_buckets // 2 = "
+                       f"{self.relative_attention_num_buckets // 2}")
+
+
+def mlp_activation(feed_forward_proj: str) -> tuple[str, bool]:
+  """(activation, gated) of a Hugging Face `feed_forward_proj` such as "gated-gelu" or "relu"."""
+  gated, _, name = feed_forward_proj.rpartition("-")
+  if gated not in ("", "gated") or not name:
+    raise ValueError(f"T5Config: feed_forward_proj={feed_forward_proj!r} is not 'ACT' or 'gated-ACT'")
+  # HF maps "gated-gelu" (only that spelling) to the tanh approximation T5 v1.1 used.
+  activation = "gelu_new" if feed_forward_proj == "gated-gelu" else name
+  if activation not in layers.MLP_ACTIVATIONS:
+    raise ValueError(f"T5Config: feed_forward_proj={feed_forward_proj!r} has activation {name!r}; "
+                     f"supported: {sorted(layers.MLP_ACTIVATIONS)}")
+  return activation, bool(gated)
 
 
 def _common_kwargs(config: T5Config, rngs: nnx.Rngs) -> dict[str, Any]:
@@ -68,8 +99,14 @@ def _attention(config: T5Config, rngs: nnx.Rngs) -> attention.MultiHeadAttention
 
 
 def _norm(config: T5Config) -> layers.RMSNorm:
-  return layers.RMSNorm(config.d_model, dtype=jnp.dtype(config.dtype),
-                        param_dtype=jnp.dtype(config.param_dtype))
+  return layers.RMSNorm(config.d_model, epsilon=config.layer_norm_epsilon,
+                        dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+
+
+def _mlp(config: T5Config, rngs: nnx.Rngs) -> layers.Mlp:
+  activation, gated = mlp_activation(config.feed_forward_proj)
+  return layers.Mlp(config.d_model, config.d_ff, activation=activation, gated=gated,
+                    dropout_rate=config.dropout_rate, **_common_kwargs(config, rngs))
 
 
 def _relpos_bias(config: T5Config, bidirectional: bool,
@@ -88,8 +125,7 @@ class EncoderLayer(nnx.Module):
     self.pre_attention_layer_norm = _norm(config)
     self.attention = _attention(config, rngs)
     self.pre_mlp_layer_norm = _norm(config)
-    self.mlp = layers.GatedGeluMlp(config.d_model, config.d_ff, dropout_rate=config.dropout_rate,
-                                   **_common_kwargs(config, rngs))
+    self.mlp = _mlp(config, rngs)
 
   def __call__(self, x_BxSxD: jax.Array, segment_ids_BxS: jax.Array,
                bias_BxHxSxS: jax.Array | attention.RelativeBias,
@@ -114,8 +150,7 @@ class DecoderLayer(nnx.Module):
     self.pre_cross_attention_layer_norm = _norm(config)
     self.encoder_decoder_attention = _attention(config, rngs)
     self.pre_mlp_layer_norm = _norm(config)
-    self.mlp = layers.GatedGeluMlp(config.d_model, config.d_ff, dropout_rate=config.dropout_rate,
-                                   **_common_kwargs(config, rngs))
+    self.mlp = _mlp(config, rngs)
 
   def _cross_and_mlp(self, x_BxTxD, cross_k_BxSxHxD, cross_v_BxSxHxD, q_segment_ids_BxT,
                      encoder_segment_ids_BxS, rngs, impl=None):
@@ -189,7 +224,10 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """Stack of decoder layers sharing one causal relative position bias, plus the output head."""
+  """Stack of decoder layers sharing one causal relative position bias, plus an untied head.
+
+  With `tie_word_embeddings` there is no `logits_dense`: `T5Transformer` applies the head.
+  """
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.dropout_rate = config.dropout_rate
@@ -198,25 +236,25 @@ class Decoder(nnx.Module):
     self.layers = nnx.List([DecoderLayer(config, rngs=rngs)
                             for _ in range(config.num_decoder_layers)])
     self.decoder_norm = _norm(config)
-    self.logits_dense = layers.DenseGeneral((config.d_model,), (config.vocab_size,),
-                                            ("embed", "vocab"), **_common_kwargs(config, rngs))
+    if not config.tie_word_embeddings:
+      self.logits_dense = layers.DenseGeneral((config.d_model,), (config.vocab_size,),
+                                              ("embed", "vocab"), **_common_kwargs(config, rngs))
 
   def __call__(self, y_BxTxD: jax.Array, encoded_BxSxD: jax.Array, segment_ids_BxT: jax.Array,
                positions_BxT: jax.Array, encoder_segment_ids_BxS: jax.Array,
                dropout_rng: jax.Array | None) -> jax.Array:
+    """Final-normed decoder outputs [B, T, D] (the head is applied by `T5Transformer`)."""
     rngs = layers.split_rng(dropout_rng, len(self.layers) + 2)
     bias_BxHxTxT = self.relpos_bias.self_attention_bias(positions_BxT, self.attention_impl)
     y_BxTxD = layers.dropout(y_BxTxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):
       y_BxTxD = layer(y_BxTxD, encoded_BxSxD, segment_ids_BxT, encoder_segment_ids_BxS,
                       bias_BxHxTxT, rng)
-    y_BxTxD = layers.dropout(self.decoder_norm(y_BxTxD), self.dropout_rate, rngs[1])
-    # Untied head: T5 v1.1 applies no 1/sqrt(d_model) rescaling here.
-    return self.logits_dense(y_BxTxD).astype(jnp.float32)
+    return layers.dropout(self.decoder_norm(y_BxTxD), self.dropout_rate, rngs[1])
 
 
 class T5Transformer(nnx.Module):
-  """T5 v1.1 encoder-decoder; `decode_step` runs one position against an explicit KV cache."""
+  """T5 encoder-decoder; `decode_step` runs one position against an explicit KV cache."""
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.config = config
@@ -231,6 +269,15 @@ class T5Transformer(nnx.Module):
     if dropout_rng is None:
       raise ValueError("deterministic=False with dropout_rate > 0 needs a dropout_rng.")
     return dropout_rng
+
+  def _head(self, y_BxTxD: jax.Array) -> jax.Array:
+    """Float32 logits of final-normed decoder outputs."""
+    if self.config.scale_decoder_outputs:
+      y_BxTxD = y_BxTxD * jnp.asarray(self.config.d_model ** -0.5, y_BxTxD.dtype)
+    if self.config.tie_word_embeddings:
+      return self.token_embedder.attend(y_BxTxD).astype(jnp.float32)
+    # T5 v1.1's untied head takes the outputs unscaled.
+    return self.decoder.logits_dense(y_BxTxD).astype(jnp.float32)
 
   def _embed(self, tokens_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
     x_BxLxD = self.token_embedder(tokens_BxL)
@@ -267,8 +314,9 @@ class T5Transformer(nnx.Module):
     if decoder_positions is None:
       decoder_positions = _default_positions(decoder_input_tokens_BxT)
     y_BxTxD = self._embed(decoder_input_tokens_BxT, decoder_positions)
-    return self.decoder(y_BxTxD, encoded_BxSxD, decoder_segment_ids, decoder_positions,
-                        encoder_segment_ids, self._dropout_rng(deterministic, dropout_rng))
+    y_BxTxD = self.decoder(y_BxTxD, encoded_BxSxD, decoder_segment_ids, decoder_positions,
+                           encoder_segment_ids, self._dropout_rng(deterministic, dropout_rng))
+    return self._head(y_BxTxD)
 
   def __call__(self, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array,
                encoder_segment_ids: jax.Array | None = None,
@@ -316,8 +364,8 @@ class T5Transformer(nnx.Module):
       y_Bx1xD, layer_cache = layer.step(y_Bx1xD, layer_cache, layer_cross_kv, position,
                                         encoder_segment_ids_BxS, bias_BxHx1xL)
       new_cache.append(layer_cache)
-    logits_Bx1xV = self.decoder.logits_dense(self.decoder.decoder_norm(y_Bx1xD))
-    return logits_Bx1xV[:, 0, :].astype(jnp.float32), tuple(new_cache)
+    logits_Bx1xV = self._head(self.decoder.decoder_norm(y_Bx1xD))
+    return logits_Bx1xV[:, 0, :], tuple(new_cache)
 
 
 def sinusoidal_positions(positions_BxL: jax.Array, features: int) -> jax.Array:

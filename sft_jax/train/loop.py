@@ -34,7 +34,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           model: Any = gin.REQUIRED, batch_size: int = 16, input_length: int = 512,
           target_length: int = 128, seed: int = 0, checkpoint_every: int = 200,
           keep_checkpoints: int = 3, log_every: int = 25, label_smoothing: float = 0.0,
-          z_loss: float = 1e-4, loss_normalization: str = "tokens", input_autotune: bool = True, input_prefetch: int = 2) -> TrainState:
+          z_loss: float = 1e-4, loss_normalization: str = "tokens", num_microbatches: int = 1,
+          input_autotune: bool = True, input_prefetch: int = 2) -> TrainState:
   """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`."""
   os.makedirs(model_dir, exist_ok=True)
 
@@ -45,6 +46,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   # ---- Refuse bad configurations before anything is written ---------------------
   mixtures.check_no_heldout_in_training(mixture_or_task_name)
+  if batch_size % num_microbatches:
+    raise ValueError(f"train.batch_size={batch_size} is not divisible by train.num_microbatches={num_microbatches}")
   if hasattr(model, "config"):
     pipeline.check_vocab_fits(mixture_or_task_name, model.config.vocab_size)
 
@@ -78,6 +81,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       functools.partial(train_step, StepConfig(graphdef, model, optimizer, schedule,
                                                label_smoothing=label_smoothing, z_loss=z_loss,
                                                loss_normalization=loss_normalization,
+                                               num_microbatches=num_microbatches,
                                                dropout_seed=seed)),
       in_shardings=(state_shardings, partitioning.batch_sharding(mesh)),
       out_shardings=(state_shardings, None),

@@ -6,6 +6,11 @@ the same however the examples were packed. With `loss_normalization="examples"` 
 example's tokens are first scaled to sum to one, so the loss is the mean over the
 batch's examples of their mean token loss, and short answers (a class label, a number)
 weigh as much as long ones.
+
+With `num_microbatches > 1` the global batch is split into that many microbatches whose
+summed losses and gradients are accumulated in a `lax.scan` and divided once by the
+batch's total weight, so the update equals the full-batch one whatever the number of
+target tokens in each microbatch.
 """
 
 from __future__ import annotations
@@ -45,15 +50,64 @@ class StepConfig:
   z_loss: float = 0.0
   dropout_seed: int = 0
   loss_normalization: str = "tokens"  # or "examples"
+  num_microbatches: int = 1
 
   def __post_init__(self):
     if self.loss_normalization not in LOSS_NORMALIZATIONS:
       raise ValueError(f"loss_normalization={self.loss_normalization!r}; expected one of {LOSS_NORMALIZATIONS}")
+    if self.num_microbatches < 1:
+      raise ValueError(f"num_microbatches={self.num_microbatches}; expected a positive integer")
 
 
 def _loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
   weights = batch.get("decoder_loss_weights")
   return (batch["decoder_target_tokens"] != 0) if weights is None else weights
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [M, B // M, ...], microbatch m holding rows m, m + M, m + 2M, ...
+
+  Strided rather than contiguous: with rows sharded contiguously over the batch axes,
+  every microbatch then keeps rows on every device.
+  """
+  rows = next(iter(batch.values())).shape[0]
+  if rows % num_microbatches:
+    raise ValueError(f"batch of {rows} rows does not split into num_microbatches={num_microbatches}")
+  return {k: jnp.moveaxis(v.reshape(rows // num_microbatches, num_microbatches, *v.shape[1:]), 1, 0)
+          for k, v in batch.items()}
+
+
+def _summed_loss_and_grads(config: StepConfig, params: Any, batch: Mapping[str, jax.Array],
+                           dropout_rng: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array, dict]]:
+  """Gradients of the summed (unnormalized) loss, with (loss_sum, weight_sum, aux sums)."""
+
+  def loss_sum_of(p):
+    loss_sum, weight_sum, aux = config.model.loss_fn(
+        nnx.merge(config.graphdef, p), batch, dropout_rng=dropout_rng,
+        label_smoothing=config.label_smoothing, z_loss=config.z_loss)
+    return loss_sum, (loss_sum, weight_sum, aux)
+
+  grads, sums = jax.grad(loss_sum_of, has_aux=True)(params)
+  return grads, sums
+
+
+def _accumulated_loss_and_grads(config: StepConfig, params: Any, batch: Mapping[str, jax.Array],
+                                dropout_rng: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array, dict]]:
+  """`_summed_loss_and_grads` over the whole batch, one microbatch at a time."""
+  if config.num_microbatches == 1:
+    return _summed_loss_and_grads(config, params, batch, dropout_rng)
+  micro = _split_microbatches(batch, config.num_microbatches)
+
+  def accumulate(carry, indexed):
+    index, microbatch = indexed
+    out = _summed_loss_and_grads(config, params, microbatch, jax.random.fold_in(dropout_rng, index))
+    return jax.tree.map(jnp.add, carry, out), None
+
+  first = jax.tree.map(lambda v: v[0], micro)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+      lambda b: _summed_loss_and_grads(config, params, b, dropout_rng), first))
+  total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(config.num_microbatches), micro))
+  return total
 
 
 def train_step(config: StepConfig, state: TrainState,
@@ -65,14 +119,12 @@ def train_step(config: StepConfig, state: TrainState,
     batch = dict(batch, decoder_loss_weights=losses.per_example_weights(
         _loss_weights(batch), batch.get("decoder_segment_ids")))
 
-  def loss_of(params):
-    module = nnx.merge(config.graphdef, params)
-    loss_sum, weight_sum, aux = config.model.loss_fn(
-        module, batch, dropout_rng=dropout_rng, label_smoothing=config.label_smoothing,
-        z_loss=config.z_loss)
-    return loss_sum / jnp.maximum(weight_sum, 1.0), (weight_sum, aux)
-
-  (loss, (weight_sum, aux)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  grad_sums, (loss_sum, weight_sum, aux) = _accumulated_loss_and_grads(
+      config, state.params, batch, dropout_rng)
+  # One division by the global batch's total weight: the full-batch mean, however split.
+  denominator = jnp.maximum(weight_sum, 1.0)
+  grads = jax.tree.map(lambda g: g / denominator, grad_sums)
+  loss = loss_sum / denominator
   updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
@@ -83,6 +135,6 @@ def train_step(config: StepConfig, state: TrainState,
   }
   # Weighted means of the model's summed auxiliaries ("correct_sum" -> "correct": token accuracy,
   # over tokens or, with "examples" normalization, the mean of each example's token accuracy).
-  metrics.update({k[:-len("_sum")]: v / jnp.maximum(weight_sum, 1.0)
+  metrics.update({k[:-len("_sum")]: v / denominator
                   for k, v in aux.items() if k.endswith("_sum") and k != "weight_sum"})
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

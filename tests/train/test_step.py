@@ -80,3 +80,47 @@ def test_examples_normalization_averages_each_examples_mean_token_loss():
 def test_unknown_loss_normalization_is_refused():
   with pytest.raises(ValueError, match="loss_normalization='sequences'"):
     StepConfig(None, MODEL, optax.sgd(0.1), optax.constant_schedule(0.1), loss_normalization="sequences")
+
+
+def _uneven_batch(rows: int = 8):
+  """Rows whose target counts differ a lot, so strided microbatches hold different token totals."""
+  rng = np.random.default_rng(1)
+  laid = []
+  for r in range(rows):
+    n_targets = 1 + (r * 5) % 14
+    pairs = [(rng.integers(3, 200, 4 + r % 9).astype(np.int32), rng.integers(3, 200, n_targets).astype(np.int32))]
+    laid.append(packing.assemble_row(pairs, 16, 16))
+  return {k: np.stack([r[k] for r in laid]) for k in packing.FEATURES}
+
+
+@pytest.mark.parametrize("loss_normalization", ["tokens", "examples"])
+def test_microbatches_give_the_full_batch_update(loss_normalization):
+  mesh = partitioning.create_mesh()
+  # SGD, so parameter differences are gradient differences (Adam's first step, lr * g / |g|,
+  # would amplify rounding in near-zero gradients).
+  optimizer = optax.sgd(1.0)
+  graphdef, state = state_lib.init_train_state(MODEL, optimizer, 0, mesh, partitioning.logical_axis_rules())
+  batch = _uneven_batch()
+  split = [batch["decoder_loss_weights"][m::4].sum() for m in range(4)]
+  assert len(set(split)) > 1  # the microbatches really hold different numbers of target tokens
+  results = {}
+  for m in (1, 4):
+    config = StepConfig(graphdef, MODEL, optimizer, optax.constant_schedule(1.0), num_microbatches=m,
+                        loss_normalization=loss_normalization)
+    results[m] = jax.jit(lambda s, b, c=config: train_step(c, s, b))(state, partitioning.global_batch(batch, mesh))
+  (full_state, full_metrics), (micro_state, micro_metrics) = results[1], results[4]
+  for key in ("loss", "grad_norm", "target_tokens", "correct"):
+    np.testing.assert_allclose(float(micro_metrics[key]), float(full_metrics[key]), rtol=1e-5)
+  for full, micro, before in zip(jax.tree.leaves(full_state.params), jax.tree.leaves(micro_state.params),
+                                 jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(np.asarray(micro), np.asarray(full), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(np.asarray(full), np.asarray(before))
+
+
+def test_microbatches_must_divide_the_batch():
+  mesh = partitioning.create_mesh()
+  optimizer = optax.sgd(0.1)
+  graphdef, state = state_lib.init_train_state(MODEL, optimizer, 0, mesh, partitioning.logical_axis_rules())
+  config = StepConfig(graphdef, MODEL, optimizer, optax.constant_schedule(0.1), num_microbatches=3)
+  with pytest.raises(ValueError, match="num_microbatches=3"):
+    train_step(config, state, partitioning.global_batch(_uneven_batch(), mesh))
