@@ -49,7 +49,8 @@ def build(variant: str, args: argparse.Namespace) -> transformers.T5ForCondition
   own_head = kw.pop("own_head")
   config = transformers.T5Config(
       vocab_size=args.vocab_size, d_model=args.d_model, d_kv=args.d_model // 4, num_heads=4,
-      d_ff=2 * args.d_model, num_layers=2, num_decoder_layers=2, relative_attention_num_buckets=32,
+      d_ff=2 * args.d_model, num_layers=2, num_decoder_layers=2,
+      relative_attention_num_buckets=args.num_buckets,
       relative_attention_max_distance=args.max_distance, dropout_rate=0.0, decoder_start_token_id=0, **kw)
   torch.manual_seed(0)
   model = transformers.T5ForConditionalGeneration(config).eval()
@@ -110,6 +111,7 @@ def main(argv: list[str]) -> list[dict]:
   parser = argparse.ArgumentParser()
   parser.add_argument("--seq_len", type=int, default=300, help="encoder length (> max_distance)")
   parser.add_argument("--max_distance", type=int, default=128)
+  parser.add_argument("--num_buckets", type=int, default=32)
   parser.add_argument("--d_model", type=int, default=64)
   parser.add_argument("--vocab_size", type=int, default=512)
   parser.add_argument("--num_scores", type=int, default=16)
@@ -118,7 +120,7 @@ def main(argv: list[str]) -> list[dict]:
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
   print(f"transformers {transformers.__version__}, torch {torch.__version__}, jax {jax.__version__} "
         f"({jax.devices()[0].device_kind}); float32; d_model {args.d_model}, encoder length {args.seq_len}, "
-        f"max_distance {args.max_distance}")
+        f"{args.num_buckets} buckets, max_distance {args.max_distance}")
   header = f"{'variant':<11}{'max |dlogit|':>14}{'max |dscore|':>14}{'mean |score|':>14}{'export equal':>14}"
   print(header)
   print("-" * len(header))
@@ -136,7 +138,7 @@ def main(argv: list[str]) -> list[dict]:
       print(f"{variant:<11}{row['max_abs_logit_diff']:>14.2e}{dscore:>14.2e}{mean_score:>14.2f}"
             f"{str(row['export_equal']):>14}")
   print(json.dumps({"benchmark": "hf_parity", "seq_len": args.seq_len, "max_distance": args.max_distance,
-                    "d_model": args.d_model, "results": results}))
+                    "num_buckets": args.num_buckets, "d_model": args.d_model, "results": results}))
   return results
 
 

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -24,7 +26,8 @@ _TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "convert_hf.py"
 VOCAB = 96
 # max_distance 16 with inputs of 40 tokens: distances past it share the last bucket.
 HF_KW = dict(vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=3,
-             relative_attention_num_buckets=16, relative_attention_max_distance=16, dropout_rate=0.0)
+             relative_attention_num_buckets=16, relative_attention_max_distance=16, dropout_rate=0.0,
+             decoder_start_token_id=0)
 VARIANTS = {
     # T5 v1.1 / Flan-T5: gated-GELU, its own head, outputs unscaled.
     "v1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, own_head=True),
@@ -104,6 +107,30 @@ def test_logits_match_transformers(variant, hf_dirs, mesh_rules):
   assert config.scale_decoder_outputs == (variant == "v1_0")
   assert config.feed_forward_proj == VARIANTS[variant]["feed_forward_proj"]
   assert _max_logit_diff(hf_model, loaded) <= 1e-4
+
+
+def test_greedy_decoding_matches_transformers(hf_dirs, mesh_rules):
+  # v1_0: the tied, scaled head in the KV-cached decode step.
+  hf_model, path = hf_dirs["v1_0"]
+  loaded = hf_io.import_hf(path, mesh=mesh_rules[0], rules=mesh_rules[1])
+  enc = np.random.default_rng(3).integers(2, VOCAB, (2, 30))
+  enc[1, 12:] = 0
+  # Greedy by full recomputation (transformers' generate cache assumes as many decoder layers as
+  # encoder layers, and these models have 3 and 2).
+  dec = torch.zeros((2, 1), dtype=torch.long)
+  with torch.no_grad():
+    for _ in range(10):
+      logits = hf_model(input_ids=torch.tensor(enc), attention_mask=torch.tensor((enc != 0).astype(np.int64)),
+                        decoder_input_ids=dec).logits
+      dec = torch.cat([dec, logits[:, -1].argmax(-1, keepdim=True)], 1)
+  want = dec.numpy()[:, 1:]
+  module = nnx.merge(loaded.graphdef, loaded.params)
+  got = np.asarray(nnx.jit(lambda m, e: loaded.model.predict_batch(m, {"encoder_input_tokens": e}, 10))(
+      module, jnp.asarray(enc, jnp.int32)))
+  for row in range(2):  # sft_jax zeroes what follows a row's EOS
+    ends = np.flatnonzero(want[row] == 1)
+    stop = ends[0] + 1 if len(ends) else want.shape[1]
+    np.testing.assert_array_equal(got[row, :stop], want[row, :stop])
 
 
 def test_buckets_match_transformers_beyond_max_distance():
@@ -225,6 +252,40 @@ def test_errors_name_the_file_and_tensor(hf_dirs, mesh_rules, tmp_path):
     load(empty)
 
 
+_SHARDED_CHILD = """
+import importlib.util, sys
+import jax, numpy as np, torch, transformers
+spec = importlib.util.spec_from_file_location("t", sys.argv[1])
+t = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(t)
+from sft_jax.models import hf_io
+from sft_jax.train import partitioning
+assert jax.device_count() == 8
+rules = tuple((n, "tensor") if n == "vocab" else (n, a) for n, a in partitioning.DEFAULT_RULES)
+mesh = partitioning.create_mesh(data=2, fsdp=2, tensor=2)
+for variant in ("v1_1", "v1_0"):
+  model = t.build_hf_t5(variant)
+  model.save_pretrained(f"{sys.argv[2]}/{variant}")
+  loaded = hf_io.import_hf(f"{sys.argv[2]}/{variant}", mesh=mesh, rules=rules)
+  query = loaded.params["decoder"]["layers"][1]["self_attention"]["query"]["kernel"][...]
+  assert query.addressable_shards[0].data.shape == (16, 2, 8), query.sharding
+  assert t._max_logit_diff(model, loaded) <= 1e-4
+  hf_io.save_hf(f"{sys.argv[2]}/{variant}_out", loaded.model.config, loaded.params)
+  reloaded = transformers.T5ForConditionalGeneration.from_pretrained(f"{sys.argv[2]}/{variant}_out")
+  assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.state_dict().items())
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_import_into_a_sharded_mesh(tmp_path):
+  # 8 simulated devices as data 2 x fsdp 2 x tensor 2: every callback reads a transposed slice.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", _SHARDED_CHILD, __file__, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
 def test_model_from_a_runs_operative_config(tmp_path):
   path = tmp_path / "config.gin"
   path.write_text("import sft_jax.models.t5\nMODEL = @t5.EncoderDecoderModel()\ntrain.batch_size = 32\n"
@@ -243,7 +304,7 @@ def test_parity_benchmark_smoke(capsys):
   spec = importlib.util.spec_from_file_location("hf_parity", script)
   benchmark = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(benchmark)
-  results = benchmark.main(["--seq_len=40", "--max_distance=16", "--d_model=32", "--vocab_size=64",
+  results = benchmark.main(["--seq_len=40", "--max_distance=16", "--num_buckets=16", "--d_model=32", "--vocab_size=64",
                             "--num_scores=3"])
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"] == results
   for row in results:
