@@ -56,6 +56,16 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
     return dict(restored["data"])
 
+  def set_aside(self, step: int) -> str:
+    """Moves an unreadable checkpoint out of the way (kept, not deleted); returns where it went."""
+    target = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints", str(step))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.exists(target):
+      target = f"{target}.{len(os.listdir(os.path.dirname(target)))}"
+    os.rename(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
+
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self._manager.wait_until_finished()

@@ -5,11 +5,14 @@ Read top to bottom; `train` is what `tools/train.py` calls with gin bindings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
+import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import gin
 import jax
@@ -27,6 +30,63 @@ def _write_operative_config(model_dir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
       f.write(gin.operative_config_str())
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[threading.Event]:
+  """An event set by SIGTERM (preemption) while the block runs; the old handler comes back after.
+
+  Signal handlers can only be installed from the main thread; elsewhere the event never fires.
+  On a multi-host slice every host receives the preemption notice, so every process saves the
+  same step.
+  """
+  flag = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _restore_newest_readable(checkpointer: checkpoints.Checkpointer, like: TrainState,
+                             say: Callable[[str], None]) -> tuple[TrainState, dict | None]:
+  """The newest checkpoint that restores (skipping damaged ones with a warning), or `like` and None."""
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      state, data_state = state_lib.restore_train_state(checkpointer, step, like=like)
+    except Exception as e:  # orbax raises many types for missing or truncated files
+      moved = checkpointer.set_aside(step) if jax.process_index() == 0 else "(process 0 moves it)"
+      say(f"warning: checkpoint step {step} in {checkpointer.directory} cannot be read "
+          f"({type(e).__name__}: {str(e)[:200]}); moved to {moved}; trying the previous one")
+      continue
+    say(f"resuming from checkpoint at step {step} in {checkpointer.directory}")
+    return state, data_state
+  return like, None
+
+
+def _latest_data_state(checkpointer: checkpoints.Checkpointer) -> dict | None:
+  """The newest checkpoint's data position, or None (no checkpoint, or unreadable)."""
+  step = checkpointer.latest_step()
+  if step is None:
+    return None
+  try:
+    return checkpointer.restore_data_state(step)
+  except Exception:  # reported, with the fallback, once the train state is restored
+    return None
+
+
+def _check_finite(fetched_metrics: list[dict], step: int, checkpointer: checkpoints.Checkpointer) -> None:
+  """Stops the run at the first step whose loss or gradient norm is NaN or infinite."""
+  values = np.array([[m["loss"], m["grad_norm"]] for m in fetched_metrics]).reshape(-1, 2)
+  finite = np.all(np.isfinite(values), axis=1)
+  if not np.all(finite):
+    bad = step - len(finite) + 1 + int(np.argmin(finite))
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {bad}; the last good checkpoint is step "
+        f"{checkpointer.latest_step()} in {checkpointer.directory}")
 
 
 @gin.configurable
@@ -53,7 +113,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   # ---- Checkpoint: resume if one exists --------------------------------------
   checkpointer = checkpoints.Checkpointer(model_dir, max_to_keep=keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
+  data_state = _latest_data_state(checkpointer)
 
   # ---- Input: produced in a background thread from here on, so building the
   # datasets and filling the packer overlap with model creation and compilation.
@@ -61,19 +121,22 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       pipeline.InputConfig(mixture_or_task_name, batch_size, input_length, target_length, seed=seed,
                            autotune=input_autotune),
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=input_prefetch,
-      state=checkpointer.restore_data_state(start_step) if start_step else None)
+      state=data_state)
 
   # ---- Model, optimizer, sharded state --------------------------------------
   schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
   optimizer = optimizers.create_optimizer(schedule)
   graphdef, state = state_lib.init_train_state(model, optimizer, seed, mesh, rules)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  say = print if jax.process_index() == 0 else (lambda text: None)
+  state, restored_data_state = _restore_newest_readable(checkpointer, state, say)
+  start_step = int(jax.device_get(state.step))
+  if restored_data_state != data_state:
+    # The newest checkpoint was damaged: read from the position of the one restored.
+    train_input.set_state(restored_data_state or dict(train_input.get_state(), batches_emitted=0))
+  if not start_step:
+    say(f"training from scratch: {n_params:,} parameters, mesh {dict(mesh.shape)}")
   writer = train_metrics.MetricsWriter(model_dir, start_step, train_steps, enabled=jax.process_index() == 0)
-  if start_step:
-    state, _ = state_lib.restore_train_state(checkpointer, start_step, like=state)
-    writer.message(f"resuming from checkpoint at step {start_step} in {checkpointer.directory}")
-  else:
-    writer.message(f"training from scratch: {n_params:,} parameters, mesh {dict(mesh.shape)}")
 
   # ---- Update step: jitted once, explicit shardings, state donated -------------
   state_shardings = state_lib.shardings_of(state)
@@ -89,47 +152,49 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   )
 
   # ---- Loop -----------------------------------------------------------------
+  step = start_step
   try:
-    pending, host = [], {"tokens": 0.0, "slots": 0.0, "examples": 0.0}
-    last_log_time = time.perf_counter()
-    step = start_step
-    while step < train_steps:
-      local_batch = next(train_input)
-      for k, v in packing.batch_counts(local_batch).items():
-        host[k] += v
-      with state_lib.mesh_context(mesh, rules):
-        state, step_metrics = step_fn(state, partitioning.global_batch(local_batch, mesh))
-      pending.append(step_metrics)
-      step += 1
-      writer.advance()
-      if step == start_step + 1:
-        _write_operative_config(model_dir)
+    with _sigterm_flag() as preempted:
+      pending, host = [], {"tokens": 0.0, "slots": 0.0, "examples": 0.0}
+      last_log_time = time.perf_counter()
+      while step < train_steps:
+        local_batch = next(train_input)
+        for k, v in packing.batch_counts(local_batch).items():
+          host[k] += v
+        with state_lib.mesh_context(mesh, rules):
+          state, step_metrics = step_fn(state, partitioning.global_batch(local_batch, mesh))
+        pending.append(step_metrics)
+        step += 1
+        writer.advance()
+        if step == start_step + 1:
+          _write_operative_config(model_dir)
 
-      if step % log_every == 0 or step == train_steps:
-        fetched = jax.device_get(pending)  # the one host sync per logging interval
-        loss = np.array([m["loss"] for m in fetched])
-        if not np.all(np.isfinite(loss)):
-          bad = step - len(loss) + int(np.argmin(np.isfinite(loss)))
-          raise FloatingPointError(
-              f"non-finite loss at step {bad}; the last good checkpoint is step "
-              f"{checkpointer.latest_step()} in {checkpointer.directory}")
-        elapsed = time.perf_counter() - last_log_time
-        scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-        scalars.update(
-            tokens_per_second=host["tokens"] * jax.process_count() / elapsed,
-            examples_per_second=host["examples"] * jax.process_count() / elapsed,
-            padding_fraction=1.0 - host["tokens"] / host["slots"],
-            truncated_examples=float(train_input.counts.truncated),
-            dropped_examples=float(train_input.counts.dropped))
-        writer.write_scalars(step, scalars)
-        pending, host = [], dict.fromkeys(host, 0.0)
-        last_log_time = time.perf_counter()
+        if step % log_every == 0 or step == train_steps:
+          fetched = jax.device_get(pending)  # the one host sync per logging interval
+          _check_finite(fetched, step, checkpointer)
+          elapsed = time.perf_counter() - last_log_time
+          scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+          scalars.update(
+              tokens_per_second=host["tokens"] * jax.process_count() / elapsed,
+              examples_per_second=host["examples"] * jax.process_count() / elapsed,
+              padding_fraction=1.0 - host["tokens"] / host["slots"],
+              truncated_examples=float(train_input.counts.truncated),
+              dropped_examples=float(train_input.counts.dropped))
+          writer.write_scalars(step, scalars)
+          pending, host = [], dict.fromkeys(host, 0.0)
+          last_log_time = time.perf_counter()
 
-      if step % checkpoint_every == 0 or step == train_steps:
-        state_lib.save_train_state(checkpointer, state, train_input.get_state())
+        stopping = preempted.is_set()
+        if step % checkpoint_every == 0 or step == train_steps or stopping:
+          # Never save a state that a non-finite loss or gradient may have reached.
+          _check_finite(jax.device_get(pending), step, checkpointer)
+          state_lib.save_train_state(checkpointer, state, train_input.get_state())
+        if stopping:
+          writer.message(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
+          break
   finally:
     train_input.close()
-  checkpointer.close()
+    checkpointer.close()  # lets pending saves finish, also when the run stops on an error
   writer.message(f"done: step {step}, checkpoints {checkpointer.all_steps()} in {checkpointer.directory}")
   writer.close()
   return state

@@ -19,8 +19,21 @@ TRAIN = dict(mixture_or_task_name=synthetic.MIXTURE_NAME, model=TINY, batch_size
              target_length=32, checkpoint_every=3, log_every=3)
 
 
+def _truncate_array_files(checkpoint_dir: str) -> None:
+  """Cuts every array data file of a checkpoint to half its size (a write that never finished)."""
+  cut = 0
+  for root, _, files in os.walk(checkpoint_dir):
+    if os.path.basename(root) == "d":
+      for name in files:
+        path = os.path.join(root, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+        cut += 1
+  assert cut
+
+
 @pytest.mark.slow
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
   straight_dir = str(tmp_path / "straight")
   straight = loop.train(model_dir=straight_dir, train_steps=6, **TRAIN)
   assert checkpoints.Checkpointer(straight_dir).all_steps() == [3, 6]
@@ -33,6 +46,18 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
 
   assert int(resumed.step) == 6
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # A latest checkpoint whose array files were cut short is skipped for the one before it.
+  damaged_dir = str(tmp_path / "damaged")
+  shutil.copytree(straight_dir, damaged_dir)
+  _truncate_array_files(os.path.join(damaged_dir, "checkpoints", "6"))
+  recovered = loop.train(model_dir=damaged_dir, train_steps=6, **TRAIN)
+  out = capsys.readouterr().out
+  assert "checkpoint step 6" in out and "cannot be read" in out
+  assert "resuming from checkpoint at step 3" in out
+  assert os.path.isdir(os.path.join(damaged_dir, "unreadable_checkpoints", "6"))  # kept, not deleted
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(recovered.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   # The held-out evaluation of the run writes a valid report with its step-0 baseline.
