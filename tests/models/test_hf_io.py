@@ -192,7 +192,7 @@ def test_convert_tool_round_trip(hf_dirs, mesh_rules, tmp_path):
   with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
     json.dump({"eos_token": "</s>", "extra_ids": 0}, f)
   model_dir = str(tmp_path / "sft")
-  convert_hf.main([f"--hf_dir={path}", f"--out={model_dir}"])
+  convert_hf.main([f"--from_hf={path}", f"--to={model_dir}"])
   assert sorted(os.listdir(os.path.join(model_dir, "hf"))) == ["config.json", "tokenizer_config.json"]
 
   # The trainer's own restore path reads the converted checkpoint.
@@ -205,7 +205,7 @@ def test_convert_tool_round_trip(hf_dirs, mesh_rules, tmp_path):
     np.testing.assert_array_equal(got, want)
 
   out = str(tmp_path / "hf_out")
-  convert_hf.main(["--export", f"--checkpoint={model_dir}", f"--out={out}"])
+  convert_hf.main([f"--from={model_dir}", f"--to_hf={out}"])
   assert os.path.exists(os.path.join(out, "tokenizer_config.json"))
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out)
   for name, tensor in hf_model.state_dict().items():
