@@ -95,8 +95,13 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           target_length: int = 128, seed: int = 0, checkpoint_every: int = 200,
           keep_checkpoints: int = 3, log_every: int = 25, label_smoothing: float = 0.0,
           z_loss: float = 1e-4, loss_normalization: str = "tokens", num_microbatches: int = 1,
-          input_autotune: bool = True, input_prefetch: int = 2) -> TrainState:
-  """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`."""
+          input_autotune: bool = True, input_prefetch: int = 2,
+          init_checkpoint: str | None = None) -> TrainState:
+  """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`.
+
+  A run with no checkpoint of its own starts from `init_checkpoint`'s parameters when given
+  (e.g. a directory written by tools/convert_hf.py), else from a fresh initialization.
+  """
   os.makedirs(model_dir, exist_ok=True)
 
   # ---- Mesh ---------------------------------------------------------------
@@ -126,7 +131,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   # ---- Model, optimizer, sharded state --------------------------------------
   schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
   optimizer = optimizers.create_optimizer(schedule)
-  graphdef, state = state_lib.init_train_state(model, optimizer, seed, mesh, rules)
+  graphdef, state = state_lib.init_train_state(
+      model, optimizer, seed, mesh, rules,
+      init_checkpoint=None if checkpointer.all_steps() else init_checkpoint)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   say = print if jax.process_index() == 0 else (lambda text: None)
   state, restored_data_state = _restore_newest_readable(checkpointer, state, say)
@@ -135,7 +142,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     # The newest checkpoint was damaged: read from the position of the one restored.
     train_input.set_state(restored_data_state or dict(train_input.get_state(), batches_emitted=0))
   if not start_step:
-    say(f"training from scratch: {n_params:,} parameters, mesh {dict(mesh.shape)}")
+    origin = f"from {init_checkpoint}" if init_checkpoint and not checkpointer.all_steps() else "from scratch"
+    say(f"training {origin}: {n_params:,} parameters, mesh {dict(mesh.shape)}")
   writer = train_metrics.MetricsWriter(model_dir, start_step, train_steps, enabled=jax.process_index() == 0)
 
   # ---- Update step: jitted once, explicit shardings, state donated -------------

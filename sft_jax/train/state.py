@@ -52,9 +52,21 @@ def init_params(model: Any, seed: int, mesh: jax.sharding.Mesh,
 
 
 def init_train_state(model: Any, optimizer: optax.GradientTransformation, seed: int,
-                     mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]]) -> tuple[Any, TrainState]:
-  """(graphdef, step-0 train state); optimizer state follows the parameter shardings."""
-  graphdef, params = init_params(model, seed, mesh, rules)
+                     mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]],
+                     init_checkpoint: str | None = None) -> tuple[Any, TrainState]:
+  """(graphdef, step-0 train state); optimizer state follows the parameter shardings.
+
+  With `init_checkpoint` (a model directory: a converted Hugging Face model or another run) the
+  parameters are its latest checkpoint's instead of fresh ones; the optimizer starts anew.
+  """
+  if init_checkpoint is None:
+    graphdef, params = init_params(model, seed, mesh, rules)
+  else:
+    source = checkpoints.Checkpointer(init_checkpoint)
+    step = source.latest_step()
+    if step is None:
+      raise ValueError(f"init_checkpoint: no checkpoint in {source.directory}")
+    graphdef, params = restore_params(source, step, model, seed, mesh, rules)
   # One jit builds the rest, so every leaf (the step counter too) comes out committed
   # to the mesh; an uncommitted leaf would make the train step compile a second time.
   create = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)))

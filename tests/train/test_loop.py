@@ -48,6 +48,14 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+  # A new run initialized from this one starts at step 0 with its parameters and a fresh optimizer.
+  started = loop.train(model_dir=str(tmp_path / "finetune"), train_steps=0, init_checkpoint=straight_dir, **TRAIN)
+  assert int(started.step) == 0
+  assert f"training from {straight_dir}" in capsys.readouterr().out
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(started.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert all(not np.any(np.asarray(m)) for m in jax.tree.leaves(started.opt_state) if np.ndim(m) > 1)
+
   # A latest checkpoint whose array files were cut short is skipped for the one before it.
   damaged_dir = str(tmp_path / "damaged")
   shutil.copytree(straight_dir, damaged_dir)
