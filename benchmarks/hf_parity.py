@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from sft_jax.inference import score_file  # noqa: E402
+from sft_jax.evaluation import score_file  # noqa: E402
 from sft_jax.models import hf_io  # noqa: E402
 from sft_jax.train import partitioning  # noqa: E402
 

@@ -14,7 +14,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from sft_jax import config  # noqa: E402
-from sft_jax.inference import score_file  # noqa: E402
+from sft_jax.evaluation import score_file  # noqa: E402
 from sft_jax.train import partitioning  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""tools/score.py and sft_jax.inference.score_file: log-likelihoods equal transformers'; bad lines name file:line."""
+"""tools/score.py and sft_jax.evaluation.score_file: log-likelihoods equal transformers'; bad lines name file:line."""
 
 import importlib.util
 import json
@@ -13,7 +13,7 @@ import seqio
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sft_jax.inference import score_file  # noqa: E402
+from sft_jax.evaluation import score_file  # noqa: E402
 from sft_jax.models import hf_io  # noqa: E402
 from sft_jax.train import partitioning  # noqa: E402
 
