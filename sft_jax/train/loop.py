@@ -131,9 +131,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   # ---- Model, optimizer, sharded state --------------------------------------
   schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
   optimizer = optimizers.create_optimizer(schedule)
-  graphdef, state = state_lib.init_train_state(
-      model, optimizer, seed, mesh, rules,
-      init_checkpoint=None if checkpointer.all_steps() else init_checkpoint)
+  # The run's own checkpoints win over init_checkpoint.
+  init_from = None if checkpointer.all_steps() else init_checkpoint
+  graphdef, state = state_lib.init_train_state(model, optimizer, seed, mesh, rules, init_checkpoint=init_from)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   say = print if jax.process_index() == 0 else (lambda text: None)
   state, restored_data_state = _restore_newest_readable(checkpointer, state, say)
@@ -142,7 +142,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     # The newest checkpoint was damaged: read from the position of the one restored.
     train_input.set_state(restored_data_state or dict(train_input.get_state(), batches_emitted=0))
   if not start_step:
-    origin = f"from {init_checkpoint}" if init_checkpoint and not checkpointer.all_steps() else "from scratch"
+    origin = f"from {init_from}" if init_from else "from scratch"
     say(f"training {origin}: {n_params:,} parameters, mesh {dict(mesh.shape)}")
   writer = train_metrics.MetricsWriter(model_dir, start_step, train_steps, enabled=jax.process_index() == 0)
 

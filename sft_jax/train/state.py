@@ -67,6 +67,7 @@ def init_train_state(model: Any, optimizer: optax.GradientTransformation, seed: 
     if step is None:
       raise ValueError(f"init_checkpoint: no checkpoint in {source.directory}")
     graphdef, params = restore_params(source, step, model, seed, mesh, rules)
+    source.close()
   # One jit builds the rest, so every leaf (the step counter too) comes out committed
   # to the mesh; an uncommitted leaf would make the train step compile a second time.
   create = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)))
