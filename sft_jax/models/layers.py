@@ -57,6 +57,30 @@ def split_rng(rng: jax.Array | None, num: int) -> list[jax.Array | None]:
   return list(jax.random.split(rng, num))
 
 
+# Rematerialization policies by name (gin: `T5Config.remat_policy`): what each layer keeps from
+# its forward pass for the backward pass; the rest is recomputed. "none" keeps everything.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the layer's input
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat_policy(name: str) -> None:
+  """Raises on a rematerialization policy name that is not in REMAT_POLICIES."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy={name!r}; expected one of {sorted(REMAT_POLICIES)}")
+
+
+def call_layer(layer: nnx.Module, *args, remat_policy: str = "none") -> jax.Array:
+  """`layer(*args)`, rematerialized in the backward pass as `remat_policy` says."""
+  if remat_policy == "none":
+    return layer(*args)
+  check_remat_policy(remat_policy)
+  return nnx.remat(lambda module, *a: module(*a), policy=REMAT_POLICIES[remat_policy])(layer, *args)
+
+
 class RMSNorm(nnx.Module):
   """T5 layer norm: scale by the root mean square, no mean subtraction, no bias."""
 

@@ -62,8 +62,12 @@ class T5Config:
   tie_word_embeddings: bool = False
   # Decoder outputs are multiplied by d_model**-0.5 before the head, as v1.0 does with its tied head.
   scale_decoder_outputs: bool = False
+  # What each layer keeps for the backward pass (layers.REMAT_POLICIES): "none" keeps all
+  # activations; "full" recomputes each layer's forward, trading compute for memory.
+  remat_policy: str = "none"
 
   def __post_init__(self):
+    layers.check_remat_policy(self.remat_policy)
     if self.absolute_positions and self.d_model % 2:
       raise ValueError(f"T5Config: absolute_positions needs an even d_model, got {self.d_model}")
     mlp_activation(self.feed_forward_proj)  # fails early on a name the MLP cannot build
@@ -208,6 +212,7 @@ class Encoder(nnx.Module):
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.dropout_rate = config.dropout_rate
     self.attention_impl = config.attention_impl
+    self.remat_policy = config.remat_policy
     self.relpos_bias = _relpos_bias(config, True, rngs)
     self.layers = nnx.List([EncoderLayer(config, rngs=rngs)
                             for _ in range(config.num_encoder_layers)])
@@ -219,7 +224,8 @@ class Encoder(nnx.Module):
     bias_BxHxSxS = self.relpos_bias.self_attention_bias(positions_BxS, self.attention_impl)
     x_BxSxD = layers.dropout(x_BxSxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):
-      x_BxSxD = layer(x_BxSxD, segment_ids_BxS, bias_BxHxSxS, rng)
+      x_BxSxD = layers.call_layer(layer, x_BxSxD, segment_ids_BxS, bias_BxHxSxS, rng,
+                                  remat_policy=self.remat_policy)
     return layers.dropout(self.encoder_norm(x_BxSxD), self.dropout_rate, rngs[1])
 
 
@@ -232,6 +238,7 @@ class Decoder(nnx.Module):
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.dropout_rate = config.dropout_rate
     self.attention_impl = config.attention_impl
+    self.remat_policy = config.remat_policy
     self.relpos_bias = _relpos_bias(config, False, rngs)
     self.layers = nnx.List([DecoderLayer(config, rngs=rngs)
                             for _ in range(config.num_decoder_layers)])
@@ -248,8 +255,9 @@ class Decoder(nnx.Module):
     bias_BxHxTxT = self.relpos_bias.self_attention_bias(positions_BxT, self.attention_impl)
     y_BxTxD = layers.dropout(y_BxTxD, self.dropout_rate, rngs[0])
     for layer, rng in zip(self.layers, rngs[2:]):
-      y_BxTxD = layer(y_BxTxD, encoded_BxSxD, segment_ids_BxT, encoder_segment_ids_BxS,
-                      bias_BxHxTxT, rng)
+      y_BxTxD = layers.call_layer(layer, y_BxTxD, encoded_BxSxD, segment_ids_BxT,
+                                  encoder_segment_ids_BxS, bias_BxHxTxT, rng,
+                                  remat_policy=self.remat_policy)
     return layers.dropout(self.decoder_norm(y_BxTxD), self.dropout_rate, rngs[1])
 
 
