@@ -93,7 +93,8 @@ def reject_unknown_flags(rest: Sequence[str]) -> None:
 
 def setup_logging() -> None:
   """INFO logs from sft_jax to stderr, quieter third-party libraries."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # force: importing TensorFlow or seqio may already have put a WARNING-level handler on the root.
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
   for noisy in ("absl", "jax", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   logging.getLogger().addFilter(_GinProbeFilter())
@@ -101,10 +102,11 @@ def setup_logging() -> None:
 
 class _GinProbeFilter(logging.Filter):
   """gin logs "Path not found" at ERROR while probing Python packages for an include
-  that a search path then finds; a missing file still fails the parse loudly."""
+  that a search path then finds (a missing file still fails the parse loudly), and one
+  INFO line per include file it looks up."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Path not found")
+    return not record.getMessage().startswith(("Path not found", "system_path_file_exists"))
 
 
 def query_bound_value(selector: str):

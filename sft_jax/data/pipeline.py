@@ -1,10 +1,15 @@
 """The training input: a seqio mixture read per host, packed into numpy batches.
 
-Each process reads its own shard of the mixture (seqio.ShardInfo) and packs its
-part of the global batch. The position in the stream is the number of batches
-emitted; since the stream and the packer are deterministic given the seed,
-restoring a position replays the stream to exactly the batch the interrupted run
-would have produced next.
+The mixture is read as `data_shards` shards (seqio.ShardInfo), each packed into its own
+equal block of rows of the global batch; each process reads the shards of its rows
+(shards i*k ... i*k+k-1 for process i of n, k = data_shards / n). The default, one shard
+per process, is the usual multi-host layout; fixing `data_shards` makes the global batch
+independent of the number of processes, so a run can move between topologies (2 hosts
+to 1) and still read exactly the same batches.
+
+The position in the stream is the number of batches emitted; since the stream and the
+packer are deterministic given the seed, restoring a position replays the stream to
+exactly the batch the interrupted run would have produced next.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class InputConfig:
   # tf.data autotuning runs a tuning thread and widens parallel maps; where the same few
   # cores also run the train step (a CPU host) that costs more than it saves.
   autotune: bool = True
+  # Shards the mixture is read in (0: one per process); see the module docstring.
+  data_shards: int = 0
 
 
 class _Prefetcher:
@@ -133,25 +140,31 @@ class TrainInput:
 
   def __init__(self, config: InputConfig, process_index: int = 0, process_count: int = 1,
                prefetch: int = 0, state: Mapping | None = None):
-    if config.batch_size % process_count:
-      raise ValueError(
-          f"batch_size {config.batch_size} is not divisible by the process count {process_count}")
+    self.data_shards = config.data_shards or process_count
+    if self.data_shards % process_count:
+      raise ValueError(f"data_shards={self.data_shards} is not divisible by the process count {process_count}")
+    if config.batch_size % self.data_shards:
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.data_shards} data shards "
+                       f"(one per process unless data_shards is set)")
     self.config = config
     self.local_batch_size = config.batch_size // process_count
-    self._shard_info = seqio.ShardInfo(index=process_index, num_shards=process_count)
+    shards_per_process = self.data_shards // process_count
+    self._shards = [seqio.ShardInfo(index=process_index * shards_per_process + i, num_shards=self.data_shards)
+                    for i in range(shards_per_process)]
     self._prefetch = prefetch
     self._source = None
     self._start(self._checked_position(state) if state else 0)
 
-  def _new_packer(self) -> packing.BestFitPacker:
+  def _new_packer(self, shard_info: seqio.ShardInfo) -> packing.BestFitPacker:
     c = self.config
+    rows = c.batch_size // self.data_shards
     dataset = get_dataset(
         c.mixture_or_task_name,
         sequence_length=None,  # the packer truncates and counts truncations
         split=c.split,
         shuffle=True,
         seed=c.seed,
-        shard_info=self._shard_info,
+        shard_info=shard_info,
         num_epochs=None,
         trim_output_features=False,
     )
@@ -161,27 +174,37 @@ class TrainInput:
     # The packer reads a whole buffer before its first row; 16 examples per row of
     # the batch spans a few batches (enough choice for dense rows) without making
     # the first step wait on thousands of examples from a slow Python source.
-    buffer_size = min(packing.DEFAULT_BUFFER_SIZE, 16 * self.local_batch_size)
-    return packing.BestFitPacker(examples, self.local_batch_size, c.input_length, c.target_length,
+    buffer_size = min(packing.DEFAULT_BUFFER_SIZE, 16 * rows)
+    return packing.BestFitPacker(examples, rows, c.input_length, c.target_length,
                                  buffer_size=buffer_size, shuffle_seed=c.seed)
 
   def _start(self, position: int) -> None:
     """(Re)starts the stream at `position` batches by replaying the deterministic stream."""
     self.close()
-    self._packer = self._new_packer()
+    self._packers = [self._new_packer(shard) for shard in self._shards]
     self._position = position
+
+    def next_batch() -> dict[str, np.ndarray]:
+      blocks = [next(packer) for packer in self._packers]
+      return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]} if len(blocks) > 1 else blocks[0]
 
     def batches() -> Iterator[Mapping[str, np.ndarray]]:
       for _ in range(position):
-        next(self._packer)
-      yield from self._packer
+        next_batch()
+      while True:
+        try:
+          yield next_batch()
+        except StopIteration:
+          return
 
     self._source = _Prefetcher(batches, self._prefetch) if self._prefetch else batches()
 
   @property
   def counts(self) -> packing.PackingCounts:
-    """Truncated/dropped counts of the packer (prefetched batches included)."""
-    return self._packer.counts
+    """Truncated/dropped counts of this process's packers (prefetched batches included)."""
+    counts = [packer.counts for packer in self._packers]
+    return packing.PackingCounts(**{f.name: sum(getattr(c, f.name) for c in counts)
+                                    for f in dataclasses.fields(packing.PackingCounts)})
 
   def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
     return self
@@ -194,12 +217,18 @@ class TrainInput:
   def get_state(self) -> dict:
     """The position to store in a checkpoint."""
     return {"batches_emitted": self._position, "seed": self.config.seed,
-            "mixture_or_task_name": self.config.mixture_or_task_name}
+            "mixture_or_task_name": self.config.mixture_or_task_name, "data_shards": self.data_shards}
 
   def _checked_position(self, state: Mapping) -> int:
-    if state["mixture_or_task_name"] != self.config.mixture_or_task_name or state["seed"] != self.config.seed:
+    expected = (self.config.mixture_or_task_name, self.config.seed, self.data_shards)
+    # States written before data shards were recorded were read with one shard per process.
+    stored = (state["mixture_or_task_name"], state["seed"], state.get("data_shards", self.data_shards))
+    if stored != expected:
+      hint = (f"; set train.data_shards={stored[2]} to read the same batches on this topology"
+              if stored[:2] == expected[:2] else "")
       raise ValueError(f"checkpoint data state {dict(state)} does not match the configured input "
-                       f"({self.config.mixture_or_task_name!r}, seed {self.config.seed})")
+                       f"({self.config.mixture_or_task_name!r}, seed {self.config.seed}, "
+                       f"data_shards {self.data_shards}){hint}")
     return int(state["batches_emitted"])
 
   def set_state(self, state: Mapping) -> None:

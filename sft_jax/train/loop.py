@@ -95,12 +95,14 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           target_length: int = 128, seed: int = 0, checkpoint_every: int = 200,
           keep_checkpoints: int = 3, log_every: int = 25, label_smoothing: float = 0.0,
           z_loss: float = 1e-4, loss_normalization: str = "tokens", num_microbatches: int = 1,
-          input_autotune: bool = True, input_prefetch: int = 2,
+          input_autotune: bool = True, input_prefetch: int = 2, data_shards: int = 0,
           init_checkpoint: str | None = None) -> TrainState:
   """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`.
 
   A run with no checkpoint of its own starts from `init_checkpoint`'s parameters when given
   (e.g. a directory written by tools/convert_hf.py), else from a fresh initialization.
+  On several hosts every process runs this same function (after `distributed.initialize`),
+  reads its own shards of the mixture and writes its part of each checkpoint.
   """
   os.makedirs(model_dir, exist_ok=True)
 
@@ -124,7 +126,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   # datasets and filling the packer overlap with model creation and compilation.
   train_input = pipeline.TrainInput(
       pipeline.InputConfig(mixture_or_task_name, batch_size, input_length, target_length, seed=seed,
-                           autotune=input_autotune),
+                           autotune=input_autotune, data_shards=data_shards),
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=input_prefetch,
       state=data_state)
 

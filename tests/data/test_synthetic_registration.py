@@ -85,6 +85,26 @@ def test_train_input_is_deterministic_and_replays_exactly():
   assert not np.array_equal(other_seed["encoder_input_tokens"], full[0]["encoder_input_tokens"])
 
 
+def test_fixed_data_shards_give_the_same_global_batch_on_any_process_count():
+  config = pipeline.InputConfig(synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3,
+                                data_shards=2)
+  one_process_input = pipeline.TrainInput(config)
+  one_process = _batches(one_process_input, 2)
+  per_process = [_batches(pipeline.TrainInput(config, process_index=i, process_count=2), 2) for i in range(2)]
+  for step, batch in enumerate(one_process):
+    for k in batch:
+      # Process i holds the rows of shard i: the global batch is their concatenation.
+      np.testing.assert_array_equal(batch[k], np.concatenate([p[step][k] for p in per_process]))
+  # The two shards read different examples.
+  assert not np.array_equal(per_process[0][0]["encoder_input_tokens"], per_process[1][0]["encoder_input_tokens"])
+  # A checkpoint's position is refused under another shard count, with the binding that fixes it.
+  state = one_process_input.get_state()
+  with pytest.raises(ValueError, match="train.data_shards=2"):
+    pipeline.TrainInput(dataclasses.replace(config, data_shards=4), state=state)
+  with pytest.raises(ValueError, match="not divisible by the process count"):
+    pipeline.TrainInput(dataclasses.replace(config, data_shards=3), process_count=2)
+
+
 @pytest.mark.parametrize("name", ["pick_largest_number", "reverse_list"])
 def test_task_source_yields_the_rendered_examples_in_order(name):
   task = next(t for t in synthetic_tasks.TASKS if t.name == name)
