@@ -1,5 +1,7 @@
 """The train step: loss normalized by the global target-token count, and a real update."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -124,3 +126,25 @@ def test_microbatches_must_divide_the_batch():
   config = StepConfig(graphdef, MODEL, optimizer, optax.constant_schedule(0.1), num_microbatches=3)
   with pytest.raises(ValueError, match="num_microbatches=3"):
     train_step(config, state, partitioning.global_batch(_uneven_batch(), mesh))
+
+
+def test_bfloat16_activations_keep_float32_master_weights_and_optimizer_state():
+  mesh = partitioning.create_mesh()
+  rules = partitioning.logical_axis_rules()
+  optimizer = optax.adamw(1e-3)
+  batch = partitioning.global_batch(_batch(), mesh)
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    model = t5.EncoderDecoderModel(dataclasses.replace(MODEL.config, dtype=dtype))
+    graphdef, state = state_lib.init_train_state(model, optimizer, 0, mesh, rules)
+    config = StepConfig(graphdef, model, optimizer, optax.constant_schedule(1e-3))
+    step = jax.jit(lambda s, b: train_step(config, s, b))
+    jaxpr = str(jax.make_jaxpr(lambda s, b: train_step(config, s, b))(state, batch))
+    new_state, metrics = step(state, batch)
+    results[dtype] = (jaxpr, new_state, float(metrics["loss"]), float(metrics["grad_norm"]))
+  jaxpr, state, loss, grad_norm = results["bfloat16"]
+  # Matmuls run in bfloat16; parameters, Adam moments and the update stay float32.
+  assert "bf16[" in jaxpr and "bf16[" not in results["float32"][0]
+  assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {np.dtype("float32")}
+  np.testing.assert_allclose(loss, results["float32"][2], rtol=2e-2)
+  np.testing.assert_allclose(grad_norm, results["float32"][3], rtol=5e-2)
