@@ -26,6 +26,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    # Grouped-query attention has few key/value heads (often 8, or 1-2): replicated, since the
+    # tensor axis rarely divides them; a run whose tensor size does may map them to "tensor".
+    ("kv_heads", None),
     ("kv", None),
     # Byte and small vocabularies do not divide over devices; large models map vocab to tensor.
     ("vocab", None),
