@@ -13,18 +13,54 @@ import os
 from typing import Any, Mapping
 
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as preservation
+
+
+BEST_MODES = ("max", "min")
 
 
 class Checkpointer:
-  """Keeps the last `max_to_keep` checkpoints of a run under `model_dir/checkpoints`."""
+  """Keeps the last `max_to_keep` checkpoints of a run under `model_dir/checkpoints`.
 
-  def __init__(self, model_dir: str, max_to_keep: int = 3, async_save: bool = True):
+  With `best_metric`, the checkpoint whose saved metrics hold the best value of that name
+  (highest for `best_mode="max"`) is kept too, however old: a run evaluated during training
+  keeps its best held-out state as well as the latest ones it resumes from.
+  """
+
+  def __init__(self, model_dir: str, max_to_keep: int = 3, async_save: bool = True,
+               best_metric: str | None = None, best_mode: str = "max"):
+    if best_mode not in BEST_MODES:
+      raise ValueError(f"best_mode={best_mode!r}; expected one of {BEST_MODES}")
     self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    self.best_metric, self.best_mode = best_metric, best_mode
+    policies = [preservation.LatestN(max_to_keep)]
+    if best_metric:
+      # BestN keeps the last of the checkpoints sorted ascending by the metric.
+      policies.append(preservation.BestN(get_metric_fn=self._metric_value, reverse=best_mode == "min", n=1,
+                                         keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save),
+            preservation_policy=preservation.AnyPreservationPolicy(policies), create=True,
+            enable_async_checkpointing=async_save,
+            # Orbax writes metrics to disk (where best_step and a resumed run read them) only
+            # when it tracks a best checkpoint; the preservation policy above decides deletion.
+            best_fn=self._metric_value if best_metric else None,
+            best_mode=best_mode),
     )
+
+  def _metric_value(self, metrics: Mapping[str, float]) -> float:
+    if self.best_metric not in metrics:
+      raise KeyError(f"checkpoint metrics {sorted(metrics)} lack best_metric {self.best_metric!r}")
+    return float(metrics[self.best_metric])
+
+  def best_step(self) -> int | None:
+    """The step whose saved `best_metric` is best, or None (no metric, or none saved yet)."""
+    if not self.best_metric:
+      return None
+    step = self._manager.best_step()
+    # Orbax falls back to a step without metrics when no checkpoint has any.
+    return step if step is not None and self._manager.metrics(step) else None
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -34,15 +70,17 @@ class Checkpointer:
     """Steps of all complete checkpoints, oldest first."""
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, items: Mapping[str, Any], data_state: Mapping[str, Any]) -> None:
+  def save(self, step: int, items: Mapping[str, Any], data_state: Mapping[str, Any],
+           metrics: Mapping[str, float] | None = None) -> None:
     """Starts saving the array trees `items` and the JSON `data_state` at `step`.
 
     Returns before the write ends. Items are saved separately (params apart from
-    the optimizer state) so an evaluator restores parameters alone.
+    the optimizer state) so an evaluator restores parameters alone. `metrics` (host
+    floats, e.g. held-out scores of this state) rank checkpoints for `best_metric`.
     """
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
     self._manager.save(step, args=ocp.args.Composite(data=ocp.args.JsonSave(dict(data_state)), **args),
-                       force=True)
+                       metrics=dict(metrics) if metrics else None, force=True)
 
   def restore(self, step: int, abstract_items: Mapping[str, Any]) -> tuple[dict[str, Any], dict]:
     """Restores the named items of `step` onto their abstract trees (shapes and shardings)."""

@@ -85,11 +85,12 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def save_train_state(checkpointer: checkpoints.Checkpointer, state: TrainState, data_state: dict) -> None:
-  """Saves `state` with its data position at its own step."""
+def save_train_state(checkpointer: checkpoints.Checkpointer, state: TrainState, data_state: dict,
+                     metrics: dict[str, float] | None = None) -> None:
+  """Saves `state` with its data position (and evaluation metrics, if any) at its own step."""
   step = int(jax.device_get(state.step))
   checkpointer.save(step, {"params": state.params, "opt_state": state.opt_state},
-                    dict(data_state, step=step))
+                    dict(data_state, step=step), metrics=metrics)
 
 
 def restore_train_state(checkpointer: checkpoints.Checkpointer, step: int,

@@ -63,3 +63,25 @@ def test_incomplete_save_is_never_the_latest(tmp_path):
   # What a process killed in the middle of a save leaves behind: a temporary directory.
   os.makedirs(os.path.join(ckpt.directory, "5.orbax-checkpoint-tmp-1234", "params"))
   assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 0
+
+
+def test_keeps_the_last_checkpoints_and_the_best_by_metric(tmp_path):
+  mesh = partitioning.create_mesh()
+  state = _state(0, mesh)
+  scores = {1: 0.1, 2: 0.5, 3: None, 4: 0.3, 5: 0.2, 6: 0.25, 7: None}
+  kept = {}
+  for mode, best in (("max", 2), ("min", 1)):
+    ckpt = checkpoints.Checkpointer(str(tmp_path / mode), max_to_keep=2, async_save=False,
+                                    best_metric="eval/heldout_mean", best_mode=mode)
+    for step, score in scores.items():
+      state = TrainState(step=jnp.asarray(step, jnp.int32), params=state.params, opt_state=state.opt_state)
+      metrics = None if score is None else {"eval/heldout_mean": score, "eval/seen_mean": 1.0 - score}
+      state_lib.save_train_state(ckpt, state, {"batches_emitted": step}, metrics=metrics)
+    ckpt.wait()
+    assert ckpt.best_step() == best
+    kept[mode] = ckpt.all_steps()
+    ckpt.close()
+  # The two newest (resume points) and the best one; older evaluated states are deleted.
+  assert kept == {"max": [2, 6, 7], "min": [1, 6, 7]}
+  plain = checkpoints.Checkpointer(str(tmp_path / "plain"), max_to_keep=2, async_save=False)
+  assert plain.best_step() is None
