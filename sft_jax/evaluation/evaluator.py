@@ -24,6 +24,7 @@ from flax import nnx
 
 from sft_jax.data import mixtures
 from sft_jax.data.vocabularies import EOS_ID
+from sft_jax.evaluation import metrics
 from sft_jax.evaluation import report as report_lib
 from sft_jax.inference import batching
 from sft_jax.train import checkpoints, partitioning
@@ -126,14 +127,10 @@ def score_tasks(scorer: CheckpointScorer, eval_tasks: Sequence[mixtures.EvalTask
   return scores
 
 
-@gin.configurable
-def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQUIRED, model: Any = gin.REQUIRED,
-                     vocabulary: seqio.Vocabulary | None = None, step: int | None = None, seed: int = 0,
-                     split: str = "test", max_examples_per_task: int = 100, batch_size: int = 128,
-                     input_length: int = 256, target_length: int = 64,
-                     out_dir: str | None = None) -> dict:
-  """Scores a checkpoint of `model_dir` (latest unless `step`) and the step-0 model on the
-  mixture's declared evaluation tasks; writes report.{json,md,png} to `model_dir/eval`."""
+def load_eval_set(mixture_name: str, split: str, max_examples_per_task: int, input_length: int,
+                  vocabulary: seqio.Vocabulary | None = None
+                  ) -> tuple[mixtures.HeldoutSplit, dict[str, list[EvalExample]], seqio.Vocabulary]:
+  """The mixture's declared evaluation tasks, their first examples and the targets' vocabulary."""
   split_decl = mixtures.get_heldout_split(mixture_name)
   examples = {t.task_name: load_examples(t.task_name, split, max_examples_per_task)
               for t in split_decl.eval_tasks}
@@ -143,6 +140,24 @@ def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQU
                     too_long, input_length)
   vocab = vocabulary or seqio.get_mixture_or_task(split_decl.eval_tasks[0].task_name).output_features[
       "targets"].vocabulary
+  return split_decl, examples, vocab
+
+
+def _task_info(split_decl: mixtures.HeldoutSplit, examples: dict[str, list[EvalExample]]) -> dict[str, dict]:
+  return {t.task_name: {"cluster": t.cluster, "heldout": t.heldout, "kind": t.kind,
+                        "num_examples": len(examples[t.task_name])} for t in split_decl.eval_tasks}
+
+
+@gin.configurable
+def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQUIRED, model: Any = gin.REQUIRED,
+                     vocabulary: seqio.Vocabulary | None = None, step: int | None = None, seed: int = 0,
+                     split: str = "test", max_examples_per_task: int = 100, batch_size: int = 128,
+                     input_length: int = 256, target_length: int = 64,
+                     out_dir: str | None = None) -> dict:
+  """Scores a checkpoint of `model_dir` (latest unless `step`) and the step-0 model on the
+  mixture's declared evaluation tasks; writes report.{json,md,png} to `model_dir/eval`."""
+  split_decl, examples, vocab = load_eval_set(mixture_name, split, max_examples_per_task, input_length,
+                                              vocabulary)
   mesh = partitioning.create_mesh()
   rules = partitioning.logical_axis_rules()
   checkpointer = checkpoints.Checkpointer(model_dir)
@@ -161,14 +176,59 @@ def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQU
       scores_by_step[label] = score_tasks(scorer, split_decl.eval_tasks, examples, vocab)
       logging.info("scored %s parameters on %d tasks", label, len(examples))
 
-  task_info = {t.task_name: {"cluster": t.cluster, "heldout": t.heldout, "kind": t.kind,
-                             "num_examples": len(examples[t.task_name])} for t in split_decl.eval_tasks}
-  report = report_lib.build_report(step, os.path.abspath(model_dir), scores_by_step["trained"], task_info,
-                                   0, scores_by_step["baseline"])
+  report = report_lib.build_report(step, os.path.abspath(model_dir), scores_by_step["trained"],
+                                   _task_info(split_decl, examples), 0, scores_by_step["baseline"])
   if jax.process_index() == 0:
     paths = report_lib.write_report(report, out_dir or os.path.join(model_dir, "eval"))
     logging.info("wrote %s", paths)
   return report
+
+
+@gin.configurable
+class PeriodicEvaluator:
+  """Scores the training state on a mixture's evaluation tasks every `every` steps.
+
+  The trainer calls it with its live parameters (no checkpoint round trip) and logs the
+  returned scalars to TensorBoard; with `best_metric` (one of those scalars) it also keeps the
+  best checkpoint by that value. Examples are read and functions compiled on the first call.
+  """
+
+  def __init__(self, mixture_name: str = gin.REQUIRED, every: int = 500, split: str = "test",
+               max_examples_per_task: int = 20, batch_size: int = 128, input_length: int = 256,
+               target_length: int = 64, best_metric: str | None = "eval/heldout_mean",
+               best_mode: str = "max", vocabulary: seqio.Vocabulary | None = None):
+    if every < 1:
+      raise ValueError(f"PeriodicEvaluator.every={every}; expected a positive number of steps")
+    self.mixture_name, self.every, self.split = mixture_name, every, split
+    self.max_examples_per_task, self.vocabulary = max_examples_per_task, vocabulary
+    self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
+    self.best_metric, self.best_mode = best_metric, best_mode
+    self._loaded = None
+    self._scorer = None
+
+  def due(self, step: int, last_step: int) -> bool:
+    """Whether the trainer evaluates after `step` (every `every` steps and at the end)."""
+    return step % self.every == 0 or step == last_step
+
+  def __call__(self, model: Any, graphdef: Any, params: Any, mesh: jax.sharding.Mesh) -> dict[str, float]:
+    """Scalars "eval/{seen,heldout}_mean", "eval/{seen,heldout}_cluster/<name>", "eval/task/<name>"."""
+    if self._loaded is None:
+      self._loaded = load_eval_set(self.mixture_name, self.split, self.max_examples_per_task,
+                                   self.input_length, self.vocabulary)
+    split_decl, examples, vocab = self._loaded
+    self._scorer = (self._scorer.with_params(params) if self._scorer else CheckpointScorer(
+        model, graphdef, params, mesh, self.batch_size, self.input_length, self.target_length))
+    scores = score_tasks(self._scorer, split_decl.eval_tasks, examples, vocab)
+    summary = report_lib.summarize(scores, _task_info(split_decl, examples))
+    scalars = {"eval/seen_mean": summary["seen_mean"], "eval/heldout_mean": summary["heldout_mean"]}
+    for side, key in (("heldout", "clusters"), ("seen", "seen_clusters")):
+      scalars.update({f"eval/{side}_cluster/{name}": value for name, value in summary[key].items()})
+    scalars.update({f"eval/task/{name}": metrics.primary_metric(task_scores)
+                    for name, task_scores in scores.items()})
+    if self.best_metric and self.best_metric not in scalars:
+      raise ValueError(f"PeriodicEvaluator.best_metric={self.best_metric!r} is not one of its scalars "
+                       f"(e.g. 'eval/heldout_mean', 'eval/seen_mean', 'eval/heldout_cluster/<name>')")
+    return scalars
 
 
 def summary_line(report: dict) -> str:

@@ -55,7 +55,7 @@ class Checkpointer:
     return float(metrics[self.best_metric])
 
   def best_step(self) -> int | None:
-    """The step whose saved `best_metric` is best, or None (no metric, or none saved yet)."""
+    """The step whose saved `best_metric` is best (the later one on a tie), or None if none is saved."""
     if not self.best_metric:
       return None
     step = self._manager.best_step()

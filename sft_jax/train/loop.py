@@ -96,13 +96,17 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           keep_checkpoints: int = 3, log_every: int = 25, label_smoothing: float = 0.0,
           z_loss: float = 1e-4, loss_normalization: str = "tokens", num_microbatches: int = 1,
           input_autotune: bool = True, input_prefetch: int = 2, data_shards: int = 0,
-          init_checkpoint: str | None = None) -> TrainState:
+          init_checkpoint: str | None = None, periodic_eval: Any = None) -> TrainState:
   """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`.
 
   A run with no checkpoint of its own starts from `init_checkpoint`'s parameters when given
   (e.g. a directory written by tools/convert_hf.py), else from a fresh initialization.
   On several hosts every process runs this same function (after `distributed.initialize`),
   reads its own shards of the mixture and writes its part of each checkpoint.
+
+  `periodic_eval` (e.g. `evaluation.evaluator.PeriodicEvaluator`) scores the live parameters
+  when its `due(step, train_steps)` says so; its scalars go to TensorBoard and into a checkpoint
+  saved at that step, which is kept while it is the best by `periodic_eval.best_metric`.
   """
   os.makedirs(model_dir, exist_ok=True)
 
@@ -119,7 +123,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     pipeline.check_vocab_fits(mixture_or_task_name, model.config.vocab_size)
 
   # ---- Checkpoint: resume if one exists --------------------------------------
-  checkpointer = checkpoints.Checkpointer(model_dir, max_to_keep=keep_checkpoints)
+  best_metric = getattr(periodic_eval, "best_metric", None)
+  checkpointer = checkpoints.Checkpointer(model_dir, max_to_keep=keep_checkpoints, best_metric=best_metric,
+                                          best_mode=getattr(periodic_eval, "best_mode", "max"))
   data_state = _latest_data_state(checkpointer)
 
   # ---- Input: produced in a background thread from here on, so building the
@@ -194,17 +200,29 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           pending, host = [], dict.fromkeys(host, 0.0)
           last_log_time = time.perf_counter()
 
+        eval_scalars = None
+        if periodic_eval is not None and periodic_eval.due(step, train_steps):
+          _check_finite(jax.device_get(pending), step, checkpointer)
+          with state_lib.mesh_context(mesh, rules):
+            eval_scalars = periodic_eval(model, graphdef, state.params, mesh)
+          writer.write_scalars(step, eval_scalars)
+          writer.message(f"step {step}: " + ", ".join(
+              f"{k[len('eval/'):]} {v:.3f}" for k, v in eval_scalars.items() if k.endswith("_mean")))
+
         stopping = preempted.is_set()
-        if step % checkpoint_every == 0 or step == train_steps or stopping:
+        if step % checkpoint_every == 0 or step == train_steps or stopping or eval_scalars:
           # Never save a state that a non-finite loss or gradient may have reached.
           _check_finite(jax.device_get(pending), step, checkpointer)
-          state_lib.save_train_state(checkpointer, state, train_input.get_state())
+          # An evaluated state is saved with its scores, as a candidate for the best checkpoint.
+          state_lib.save_train_state(checkpointer, state, train_input.get_state(), metrics=eval_scalars)
         if stopping:
           writer.message(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume")
           break
+      checkpointer.wait()  # the best checkpoint is read off the saved metrics
+      best = f", best by {best_metric}: step {checkpointer.best_step()}" if best_metric else ""
   finally:
     train_input.close()
     checkpointer.close()  # lets pending saves finish, also when the run stops on an error
-  writer.message(f"done: step {step}, checkpoints {checkpointer.all_steps()} in {checkpointer.directory}")
+  writer.message(f"done: step {step}, checkpoints {checkpointer.all_steps()} in {checkpointer.directory}{best}")
   writer.close()
   return state

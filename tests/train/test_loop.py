@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from sft_jax.data.collections import synthetic, synthetic_vocab
-from sft_jax.evaluation import evaluator, report
+from sft_jax.evaluation import evaluator, metrics, report
 from sft_jax.models import t5
 from sft_jax.train import checkpoints, loop
+from sft_jax.train import metrics as train_metrics
 
 TINY = t5.EncoderDecoderModel(t5.T5Config(vocab_size=synthetic_vocab.VOCAB_SIZE, d_model=32, num_heads=2,
                                           head_dim=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1))
@@ -35,8 +36,16 @@ def _truncate_array_files(checkpoint_dir: str) -> None:
 @pytest.mark.slow
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
   straight_dir = str(tmp_path / "straight")
-  straight = loop.train(model_dir=straight_dir, train_steps=6, **TRAIN)
+  # Evaluated during training with the settings of the held-out evaluation at the end.
+  periodic = evaluator.PeriodicEvaluator(synthetic.MIXTURE_NAME, every=3, max_examples_per_task=2, batch_size=64,
+                                         input_length=128, target_length=8)
+  straight = loop.train(model_dir=straight_dir, train_steps=6, periodic_eval=periodic, **TRAIN)
   assert checkpoints.Checkpointer(straight_dir).all_steps() == [3, 6]
+  logged = train_metrics.read_metrics(straight_dir)
+  assert sorted(logged["loss"]) == [3, 6] and sorted(logged["eval/heldout_mean"]) == [3, 6]
+  heldout = logged["eval/heldout_mean"]
+  best = checkpoints.Checkpointer(straight_dir, best_metric="eval/heldout_mean")
+  assert best.best_step() == max(heldout, key=lambda s: (heldout[s], s))  # a tie goes to the later step
 
   # A run killed after its step-3 checkpoint: only that checkpoint is on disk.
   crashed_dir = str(tmp_path / "crashed")
@@ -76,6 +85,11 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
   report.validate_report(on_disk)
   assert on_disk["step"] == 6 and on_disk["baseline"]["step"] == 0
   assert set(on_disk["tasks"]) == set(result["tasks"])
+  # The in-training scores of the final state are the evaluator's scores of its checkpoint.
+  assert logged["eval/seen_mean"][6] == pytest.approx(result["seen_mean"], abs=1e-6)
+  assert logged["eval/heldout_mean"][6] == pytest.approx(result["heldout_mean"], abs=1e-6)
+  for name, scores in result["tasks"].items():
+    assert logged[f"eval/task/{name}"][6] == pytest.approx(metrics.primary_metric(scores), abs=1e-6)
   assert os.path.getsize(os.path.join(straight_dir, "eval", "report.png")) > 1000
 
 

@@ -2,7 +2,7 @@
 
 Both runs go through tools/train.py on the synthetic mixture with a (2, 2, 2) mesh and two data
 shards, so the global batches are the same whatever the number of processes; the per-step
-losses (TensorBoard) and the step-5 checkpoints must agree.
+losses (metrics.jsonl) and the step-5 checkpoints must agree.
 """
 
 import os
@@ -13,11 +13,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from sft_jax.data.collections import synthetic_vocab
 from sft_jax.models import t5
 from sft_jax.train import checkpoints, partitioning
+from sft_jax.train import metrics as train_metrics
 from sft_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,18 +46,6 @@ def _train_command(model_dir: str) -> list[str]:
 def _env(devices: int, **extra: str) -> dict:
   return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3",
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
-
-
-def _losses(model_dir: str) -> dict[int, float]:
-  """Per-step training loss from the run's TensorBoard events."""
-  losses = {}
-  tb = os.path.join(model_dir, "tb")
-  for name in os.listdir(tb):
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(tb, name)):
-      for value in event.summary.value:
-        if value.tag == "loss":
-          losses[event.step] = value.simple_value
-  return losses
 
 
 def _params(model_dir: str):
@@ -92,7 +80,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     assert f"process {i} of 2: 4 local devices of 8" in out, out[-3000:]
   assert ("training from scratch" in outputs[0]) and ("training from scratch" not in outputs[1])
   assert checkpoints.Checkpointer(multi_dir).all_steps() == [STEPS]
-  want, got = _losses(single_dir), _losses(multi_dir)
+  want, got = train_metrics.read_metrics(single_dir)["loss"], train_metrics.read_metrics(multi_dir)["loss"]
   assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
   assert want[STEPS] < want[1]  # it trains
