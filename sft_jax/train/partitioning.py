@@ -14,6 +14,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -36,22 +37,47 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-@gin.configurable
-def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-                devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (the rest)."""
-  devices = list(devices if devices is not None else jax.devices())
-  sizes = [data, fsdp, tensor]
+GRANULES = ("slice", "process")
+
+
+def _resolve_sizes(sizes: list[int], num_devices: int, what: str) -> list[int]:
+  """Replaces a -1 in `sizes` by what the other sizes leave of `num_devices`, and checks the product."""
   if sizes.count(-1) > 1:
-    raise ValueError(f"create_mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    raise ValueError(f"create_mesh: at most one of data, fsdp, tensor may be -1, got {sizes}")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"create_mesh: {len(devices)} devices are not divisible by {known}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"create_mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are {len(devices)} devices")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    if num_devices % known:
+      raise ValueError(f"create_mesh: {num_devices} {what} are not divisible by {known}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(f"create_mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are {num_devices} {what}")
+  return sizes
+
+
+@gin.configurable
+def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1, dcn_fsdp: int = 1,
+                granule: str = "slice", devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh over all devices; one size may be -1 (the rest).
+
+  Multi-slice TPU (or multi-node GPU, `granule="process"`): `dcn_data` and `dcn_fsdp` say how
+  many of the `data` and `fsdp` groups lie in different slices (hosts), joined by the slower
+  data-center network; the rest of each axis, and all of `tensor`, stays within a slice's
+  fast interconnect (ICI, NVLink). `data` and `fsdp` are the whole axes, DCN part included.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = _resolve_sizes([data, fsdp, tensor], len(devices), "devices")
+  axis_types = (AxisType.Auto,) * 3
+  if dcn_data == dcn_fsdp == 1:
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+  if granule not in GRANULES:
+    raise ValueError(f"create_mesh: granule={granule!r}; expected one of {GRANULES}")
+  dcn = [dcn_data, dcn_fsdp, 1]
+  if any(size % parts for size, parts in zip(sizes, dcn)):
+    raise ValueError(f"create_mesh: dcn_data={dcn_data}, dcn_fsdp={dcn_fsdp} must divide data={sizes[0]}, "
+                     f"fsdp={sizes[1]}")
+  ici = [size // parts for size, parts in zip(sizes, dcn)]
+  device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=granule == "process")
+  return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=axis_types)
 
 
 @gin.configurable

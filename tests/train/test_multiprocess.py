@@ -1,8 +1,9 @@
 """Two real processes (jax.distributed on 127.0.0.1, 4 CPU devices each) train like one with 8.
 
-Both runs go through tools/train.py on the synthetic mixture with a (2, 2, 2) mesh and two data
-shards, so the global batches are the same whatever the number of processes; the per-step
-losses (metrics.jsonl) and the step-5 checkpoints must agree.
+Both runs go through tools/train.py on the synthetic mixture with a (2, 2, 2) mesh (the two-process
+one built as a hybrid mesh, one host per data group) and two data shards, so the global batches
+are the same whatever the number of processes; the per-step losses (metrics.jsonl) and the step-5
+checkpoints must agree.
 """
 
 import os
@@ -32,13 +33,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _train_command(model_dir: str) -> list[str]:
+def _train_command(model_dir: str, *mesh_flags: str) -> list[str]:
   flags = ["--gin_file=models/t5_tiny.gin", "--gin_file=mixtures/synthetic.gin", "--gin_file=runs/train.gin",
            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={STEPS}", "--gin.train.batch_size=8",
            "--gin.train.input_length=64", "--gin.train.target_length=16", f"--gin.train.checkpoint_every={STEPS}",
            "--gin.train.log_every=1", "--gin.train.data_shards=2", "--gin.train.input_autotune=False",
            "--gin.create_mesh.data=2", "--gin.create_mesh.fsdp=2", "--gin.create_mesh.tensor=2",
-           "--gin.learning_rate_schedule.warmup_steps=1", "--gin.learning_rate_schedule.peak=1e-2"]
+           "--gin.learning_rate_schedule.warmup_steps=1", "--gin.learning_rate_schedule.peak=1e-2", *mesh_flags]
   flags += [f"--gin.t5.T5Config.{k}={v}" for k, v in MODEL_BINDINGS.items()]
   return [sys.executable, os.path.join(REPO, "tools", "train.py")] + flags
 
@@ -63,7 +64,10 @@ def _params(model_dir: str):
 def test_two_processes_match_one_process_with_eight_devices(tmp_path):
   single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
   address = f"127.0.0.1:{_free_port()}"
-  workers = [subprocess.Popen(_train_command(multi_dir), cwd=str(tmp_path), stdout=subprocess.PIPE,
+  # Across the two processes the data axis is split as a multi-node GPU cluster would split it:
+  # hosts over the slow network (granule "process"), the rest of the mesh within each host.
+  hybrid = ("--gin.create_mesh.dcn_data=2", "--gin.create_mesh.granule='process'")
+  workers = [subprocess.Popen(_train_command(multi_dir, *hybrid), cwd=str(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env=_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
                                        JAX_PROCESS_ID=str(i)))
