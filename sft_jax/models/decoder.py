@@ -414,7 +414,7 @@ def pairs_to_decoder_only(batch: Batch) -> dict[str, jax.Array]:
   inputs_BxS, targets_BxT = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
   input_mask = batch.get("encoder_segment_ids")
   inputs_BxS, input_mask_BxS = left_align(inputs_BxS, inputs_BxS != 0 if input_mask is None else input_mask)
-  weights_BxT = DecoderOnlyModel.weights(batch)
+  weights_BxT = losses.target_weights(batch)
   tokens_BxL = jnp.concatenate([inputs_BxS, targets_BxT], axis=1)
   segment_ids_BxL = jnp.concatenate([input_mask_BxS, jnp.ones(targets_BxT.shape, jnp.int32)], axis=1)
   # Position t predicts token t + 1: inputs are the sequence minus its last token.
@@ -435,6 +435,7 @@ class DecoderOnlyModel:
   `decoder_loss_weights` (1 on target tokens only). `score_batch` and `predict_batch` also take
   the encoder-decoder layout (`encoder_input_tokens` as the prompt) that evaluators build.
   """
+  feature_layout = "decoder_only"  # the packed rows the trainer builds (sft_jax.data.pipeline)
 
   def __init__(self, config: DecoderConfig, *, eos_id: int | Sequence[int] = 1):
     self.config = config
@@ -444,14 +445,6 @@ class DecoderOnlyModel:
   def init(self, rng_seed: int) -> DecoderTransformer:
     """Builds the network with parameters drawn from `rng_seed` (sharded if a mesh is set)."""
     return DecoderTransformer(self.config, rngs=nnx.Rngs(params=rng_seed))
-
-  @staticmethod
-  def weights(batch: Batch) -> jax.Array:
-    """float32 loss weights: `decoder_loss_weights`, else 1 on non-zero targets."""
-    weights = batch.get("decoder_loss_weights")
-    if weights is None:
-      weights = batch["decoder_target_tokens"] != 0
-    return weights.astype(jnp.float32)
 
   def _logits(self, module: DecoderTransformer, batch: Batch,
               dropout_rng: jax.Array | None = None) -> jax.Array:
@@ -464,26 +457,15 @@ class DecoderOnlyModel:
               label_smoothing: float = 0.0,
               z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Returns (loss_sum, weight_sum, aux) over weighted target tokens; aux holds sums too."""
-    logits_BxLxV = self._logits(module, batch, dropout_rng)
-    targets_BxL = batch["decoder_target_tokens"]
-    weights_BxL = self.weights(batch)
-    loss_sum, z_loss_sum, weight_sum = losses.weighted_cross_entropy(
-        logits_BxLxV, targets_BxL, weights_BxL, label_smoothing, z_loss)
-    correct_BxL = jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL
-    aux = {
-        "cross_entropy_sum": loss_sum - z_loss_sum,
-        "z_loss_sum": z_loss_sum,
-        "correct_sum": jnp.sum(jnp.where(correct_BxL, weights_BxL, 0.0)),
-        "weight_sum": weight_sum,
-    }
-    return loss_sum, weight_sum, aux
+    return losses.target_token_loss(self._logits(module, batch, dropout_rng), batch["decoder_target_tokens"],
+                                    losses.target_weights(batch), label_smoothing, z_loss)
 
   def score_batch(self, module: DecoderTransformer, batch: Batch) -> jax.Array:
     """Per-row sum of weighted target-token log-probabilities (natural log), [B]."""
     if "encoder_input_tokens" in batch:
       batch = pairs_to_decoder_only(batch)
     return scoring.sequence_log_likelihood(
-        self._logits(module, batch), batch["decoder_target_tokens"], self.weights(batch))
+        self._logits(module, batch), batch["decoder_target_tokens"], losses.target_weights(batch))
 
   def predict_batch(self, module: DecoderTransformer, batch: Batch,
                     max_decode_length: int) -> jax.Array:

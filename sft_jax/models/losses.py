@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+
+
+def target_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """float32 loss weights of a batch: `decoder_loss_weights`, else 1 on non-zero targets."""
+  weights = batch.get("decoder_loss_weights")
+  if weights is None:
+    weights = batch["decoder_target_tokens"] != 0
+  return weights.astype(jnp.float32)
+
+
+def target_token_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
+                      label_smoothing: float = 0.0,
+                      z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """The models' `loss_fn` result: (loss_sum, weight_sum, aux), aux holding sums over weighted tokens."""
+  loss_sum, z_loss_sum, weight_sum = weighted_cross_entropy(
+      logits_BxTxV, targets_BxT, weights_BxT, label_smoothing, z_loss)
+  correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+  aux = {
+      "cross_entropy_sum": loss_sum - z_loss_sum,
+      "z_loss_sum": z_loss_sum,
+      "correct_sum": jnp.sum(jnp.where(correct_BxT, weights_BxT, 0.0)),
+      "weight_sum": weight_sum,
+  }
+  return loss_sum, weight_sum, aux
 
 
 def weighted_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array,

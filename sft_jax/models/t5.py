@@ -397,6 +397,7 @@ Batch = Mapping[str, jax.Array]
 @gin.configurable
 class EncoderDecoderModel:
   """What the trainer and evaluator call: init, loss_fn, score_batch, predict_batch."""
+  feature_layout = "encoder_decoder"  # the packed rows the trainer builds (sft_jax.data.pipeline)
 
   def __init__(self, config: T5Config, *, eos_id: int = 1):
     self.config = config
@@ -421,36 +422,18 @@ class EncoderDecoderModel:
                   decoder_positions=batch.get("decoder_positions"),
                   deterministic=dropout_rng is None, dropout_rng=dropout_rng)
 
-  @staticmethod
-  def _weights(batch: Batch) -> jax.Array:
-    weights = batch.get("decoder_loss_weights")
-    if weights is None:
-      weights = batch["decoder_target_tokens"] != 0
-    return weights.astype(jnp.float32)
-
   def loss_fn(self, module: T5Transformer, batch: Batch, *, dropout_rng: jax.Array | None = None,
               label_smoothing: float = 0.0,
               z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Returns (loss_sum, weight_sum, aux) over weighted target tokens; aux holds sums too."""
-    logits_BxTxV = self._logits(module, batch, dropout_rng)
-    targets_BxT = batch["decoder_target_tokens"]
-    weights_BxT = self._weights(batch)
-    loss_sum, z_loss_sum, weight_sum = losses.weighted_cross_entropy(
-        logits_BxTxV, targets_BxT, weights_BxT, label_smoothing, z_loss)
-    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-    aux = {
-        "cross_entropy_sum": loss_sum - z_loss_sum,
-        "z_loss_sum": z_loss_sum,
-        "correct_sum": jnp.sum(jnp.where(correct_BxT, weights_BxT, 0.0)),
-        "weight_sum": weight_sum,
-    }
-    return loss_sum, weight_sum, aux
+    return losses.target_token_loss(self._logits(module, batch, dropout_rng), batch["decoder_target_tokens"],
+                                    losses.target_weights(batch), label_smoothing, z_loss)
 
   def score_batch(self, module: T5Transformer, batch: Batch) -> jax.Array:
     """Per-row sum of weighted target-token log-probabilities (natural log), [B]."""
     logits_BxTxV = self._logits(module, batch)
     return scoring.sequence_log_likelihood(
-        logits_BxTxV, batch["decoder_target_tokens"], self._weights(batch))
+        logits_BxTxV, batch["decoder_target_tokens"], losses.target_weights(batch))
 
   def predict_batch(self, module: T5Transformer, batch: Batch,
                     max_decode_length: int) -> jax.Array:
