@@ -279,8 +279,10 @@ class DecoderTransformer(nnx.Module):
   def _head(self, y_BxLxD: jax.Array) -> jax.Array:
     """float32 logits of final-normed outputs."""
     if self.config.tie_word_embeddings:
-      return self.token_embedder.attend(y_BxLxD).astype(jnp.float32)
-    return self.logits_dense(y_BxLxD).astype(jnp.float32)
+      logits_BxLxV = self.token_embedder.attend(y_BxLxD)
+    else:
+      logits_BxLxV = self.logits_dense(y_BxLxD)
+    return layers.constrain(logits_BxLxV.astype(jnp.float32), layers.LOGITS_AXES)
 
   def _check_window(self, length: int) -> None:
     window = self.config.sliding_window

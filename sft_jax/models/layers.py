@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import math
 
 from flax import nnx
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +29,15 @@ def logical_param(value: jax.Array, names: LogicalAxes) -> nnx.Param:
     raise ValueError(f"{len(names)} axis names {names} for a parameter of shape {value.shape}")
   eager = nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
   return nnx.Param(value, out_sharding=names, eager_sharding=eager)
+
+
+def logical_variable(variable_type: type[nnx.Variable], value: jax.Array,
+                     names: LogicalAxes) -> nnx.Variable:
+  """`logical_param` for any variable type (e.g. the frozen or adapter variables of `lora.py`)."""
+  if len(names) != value.ndim:
+    raise ValueError(f"{len(names)} axis names {names} for a variable of shape {value.shape}")
+  eager = nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
+  return variable_type(value, out_sharding=tuple(names), eager_sharding=eager)
 
 
 def variance_scaling_init(scale: float, num_in_axes: int, distribution: str) -> Initializer:
@@ -73,12 +83,29 @@ def check_remat_policy(name: str) -> None:
     raise ValueError(f"remat_policy={name!r}; expected one of {sorted(REMAT_POLICIES)}")
 
 
+# Logical axes of the activations between layers (rows over the batch axes, the model dimension
+# whole) and of the logits; partitioning.DEFAULT_RULES maps them to mesh axes.
+ACTIVATION_AXES: LogicalAxes = ("batch", "length", "activation_embed")
+LOGITS_AXES: LogicalAxes = ("batch", "length", "vocab")
+
+
+def constrain(x: jax.Array, names: LogicalAxes) -> jax.Array:
+  """Pins an activation's sharding by logical axis names (a no-op outside the trainer's rules).
+
+  Without such hints XLA may choose to gather a whole [B, L, ...] activation (or the logits)
+  onto every device of an FSDP mesh, where only its rows are needed.
+  """
+  return nn.with_logical_constraint(x, names)
+
+
 def call_layer(layer: nnx.Module, *args, remat_policy: str = "none") -> jax.Array:
-  """`layer(*args)`, rematerialized in the backward pass as `remat_policy` says."""
+  """`layer(*args)`, rematerialized in the backward pass as `remat_policy` says; the output
+  is constrained to ACTIVATION_AXES."""
   if remat_policy == "none":
-    return layer(*args)
+    return constrain(layer(*args), ACTIVATION_AXES)
   check_remat_policy(remat_policy)
-  return nnx.remat(lambda module, *a: module(*a), policy=REMAT_POLICIES[remat_policy])(layer, *args)
+  out = nnx.remat(lambda module, *a: module(*a), policy=REMAT_POLICIES[remat_policy])(layer, *args)
+  return constrain(out, ACTIVATION_AXES)
 
 
 class RMSNorm(nnx.Module):

@@ -283,9 +283,10 @@ class T5Transformer(nnx.Module):
     if self.config.scale_decoder_outputs:
       y_BxTxD = y_BxTxD * jnp.asarray(self.config.d_model ** -0.5, y_BxTxD.dtype)
     if self.config.tie_word_embeddings:
-      return self.token_embedder.attend(y_BxTxD).astype(jnp.float32)
-    # T5 v1.1's untied head takes the outputs unscaled.
-    return self.decoder.logits_dense(y_BxTxD).astype(jnp.float32)
+      logits_BxTxV = self.token_embedder.attend(y_BxTxD)
+    else:  # T5 v1.1's untied head takes the outputs unscaled.
+      logits_BxTxV = self.decoder.logits_dense(y_BxTxD)
+    return layers.constrain(logits_BxTxV.astype(jnp.float32), layers.LOGITS_AXES)
 
   def _embed(self, tokens_BxL: jax.Array, positions_BxL: jax.Array) -> jax.Array:
     x_BxLxD = self.token_embedder(tokens_BxL)

@@ -24,6 +24,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", None),
+    # The model dimension of activations between layers stays whole (weights' "embed" is split).
+    ("activation_embed", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -34,6 +36,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     # Byte and small vocabularies do not divide over devices; large models map vocab to tensor.
     ("vocab", None),
     ("relpos_buckets", None),
+    ("lora_rank", None),  # LoRA adapters' rank axis (models/lora.py): small, replicated
 )
 
 

@@ -1,15 +1,20 @@
 """T5Transformer: packing isolation, parameter metadata and count, jit behaviour, dropout."""
 
 import dataclasses
+import os
 
 from flax import nnx
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sft_jax import config as config_lib
 from sft_jax.data import packing
 from sft_jax.models import t5
+from sft_jax.train import partitioning
+from sft_jax.train import state as state_lib
 
 TINY = t5.T5Config(d_model=32, num_heads=2, head_dim=8, d_ff=64, num_encoder_layers=2,
                    num_decoder_layers=2)
@@ -264,3 +269,42 @@ def test_remat_policies_keep_gradients_and_save_memory():
   assert results["full"][1] < results["none"][1]
   with pytest.raises(ValueError, match="remat_policy"):
     t5.T5Config(remat_policy="sometimes")
+
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "gin_configs", "models")
+
+
+@pytest.mark.parametrize("size,params", [
+    ("small", 76_961_152), ("base", 247_577_856), ("large", 783_150_080), ("xl", 2_849_757_184),
+    ("xxl", 11_135_332_352)])
+@pytest.mark.parametrize("family", ["t5_v1_1", "flan_t5"])
+def test_model_gin_files_build_the_published_shapes(family, size, params):
+  gin.clear_config()
+  try:
+    config_lib.parse_gin_flags([f"--gin_file={os.path.join(GIN_DIR, f'{family}_{size}.gin')}"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  assert isinstance(model, t5.EncoderDecoderModel)
+  assert (model.config.vocab_size, model.config.feed_forward_proj) == (32128, "gated-gelu")
+  assert not model.config.tie_word_embeddings
+  # Shapes only: nothing is allocated, even for XXL.
+  abstract = nnx.state(nnx.eval_shape(lambda: model.init(0)), nnx.Param)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+  assert _hand_param_count(model.config) == params  # the counts Hugging Face reports
+  assert count == params
+
+
+def test_activations_and_logits_are_constrained_to_the_batch_axes_under_the_rules():
+  model = t5.EncoderDecoderModel(TINY)
+  graphdef, params = nnx.split(model.init(0), nnx.Param)
+  batch = _batch(0)
+  loss = lambda p: model.loss_fn(nnx.merge(graphdef, p), batch)[0]  # noqa: E731
+  assert "sharding_constraint" not in str(jax.make_jaxpr(loss)(params))
+  mesh = partitioning.create_mesh(devices=jax.devices()[:1])
+  with state_lib.mesh_context(mesh, partitioning.logical_axis_rules()):
+    jaxpr = str(jax.make_jaxpr(loss)(params))
+  # One constraint per layer output (2 encoder + 2 decoder layers) and one on the logits.
+  assert jaxpr.count("sharding_constraint") == 5
+  assert jaxpr.count("P(('data', 'fsdp'), None, None)") >= 5
