@@ -9,8 +9,8 @@ per leaf, and FLOPs as 6 x matmul parameters x tokens plus the attention score/v
 
 On simulated CPU devices (`--xla_force_host_platform_device_count=N`) the parameter, optimizer
 and batch bytes are exact for any backend; temporaries come from the CPU compiler's buffer
-assignment, whose fusion and precision choices differ from TPU/GPU (e.g. bfloat16 dots may be
-upcast to float32), so read them as an estimate within tens of percent.
+assignment, whose fusion, scheduling and precision choices differ from TPU/GPU (it upcasts
+bfloat16 dots to float32, for one), so read them as a rough, probably high, estimate.
 """
 
 from __future__ import annotations
@@ -121,6 +121,16 @@ def abstract_train_state(model: Any, optimizer: optax.GradientTransformation, se
   return graphdef, TrainState(step=step, params=params, opt_state=opt_state)
 
 
+def is_encoder_decoder(model: Any) -> bool:
+  """True for T5 (packed inputs and targets), False for a decoder-only model; decided by class."""
+  if isinstance(model, t5.EncoderDecoderModel):
+    return True
+  if isinstance(model, decoder.DecoderOnlyModel):
+    return False
+  raise TypeError(f"memory plan: unknown model class {type(model).__name__}; expected "
+                  f"t5.EncoderDecoderModel or decoder.DecoderOnlyModel")
+
+
 def abstract_batch(encoder_decoder: bool, batch_size: int, input_length: int, target_length: int | None,
                    mesh: jax.sharding.Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """The packed features the loop feeds the step, int32 [batch, length], rows over (data, fsdp)."""
@@ -138,8 +148,8 @@ def shard_bytes(tree: Any) -> int:
   """Bytes one device holds of a tree of sharded ShapeDtypeStructs (device 0's shard shapes)."""
   total = 0
   for x in jax.tree.leaves(tree):
-    shard = x.sharding.shard_shape(x.shape)
-    total += math.prod(shard) * np.dtype(x.dtype).itemsize
+    # jit refuses uneven splits, so every device holds this shape.
+    total += math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
   return total
 
 
@@ -175,11 +185,11 @@ def analytic_flops(params: Any, config: Any, encoder_decoder: bool, batch_size: 
 
   `six_n_t` is the rule of thumb 6 x all parameters x tokens (tokens: input plus target slots).
   `matmul` counts 6 x (parameters a token passes through a matmul: not the embedding lookup,
-  unless tied as the head) x that stack's tokens, plus 2 extra forward FLOPs per rematerialized
-  layer parameter; `attention` counts QK^T and AV (12 x B x Q x K x heads x head_dim per layer,
-  dense over the padded length as the XLA einsum computes it).
+  unless tied as the head) x that stack's tokens, 8 x for layer parameters under remat "full"
+  (the forward runs twice); `attention` counts QK^T and AV (forward 4 x B x Q x K x heads x
+  head_dim per layer, dense over the padded length as the XLA einsum computes it; x 3 or x 4).
   """
-  remat = getattr(config, "remat_policy", "none") != "none"
+  remat = config.remat_policy == "full"
   tied = getattr(config, "tie_word_embeddings", False)
   enc_tokens = batch_size * input_length if encoder_decoder else 0
   dec_tokens = batch_size * (target_length if encoder_decoder else input_length)
@@ -192,7 +202,7 @@ def analytic_flops(params: Any, config: Any, encoder_decoder: bool, batch_size: 
     tokens = enc_tokens if head == "encoder" else dec_tokens
     in_layers = head in ("encoder", "decoder", "layers") and "logits_dense" not in jax.tree_util.keystr(path)
     matmul += (8 if remat and in_layers else 6) * x.size * tokens
-  per_layer = 12 * config.num_heads * config.head_dim * batch_size  # x Q x K
+  per_layer = (4 if remat else 3) * 4 * config.num_heads * config.head_dim * batch_size  # x Q x K
   if encoder_decoder:
     s, t = input_length, target_length
     attention = per_layer * (config.num_encoder_layers * s * s + config.num_decoder_layers * (t * t + t * s))
@@ -215,9 +225,10 @@ def plan_train_step(model: Any, optimizer: optax.GradientTransformation, schedul
   if encoder_decoder and target_length is None:
     raise ValueError("an encoder-decoder model needs a target_length")
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if batch_size % (batch_shards * num_microbatches):
-    raise ValueError(f"batch={batch_size} rows do not split into num_microbatches={num_microbatches} "
-                     f"x data*fsdp={batch_shards} shards")
+  if batch_size % batch_shards:
+    raise ValueError(f"batch={batch_size} rows do not split over data*fsdp={batch_shards} devices")
+  if batch_size % num_microbatches:
+    raise ValueError(f"batch={batch_size} rows do not split into num_microbatches={num_microbatches}")
   started = time.perf_counter()
   graphdef, state = abstract_train_state(model, optimizer, seed, mesh, rules)
   batch = abstract_batch(encoder_decoder, batch_size, input_length, target_length, mesh)
@@ -273,16 +284,6 @@ def plan_train_step(model: Any, optimizer: optax.GradientTransformation, schedul
   return report
 
 
-def is_encoder_decoder(model: Any) -> bool:
-  """True for T5 (packed inputs and targets), False for a decoder-only model; decided by class."""
-  if isinstance(model, t5.EncoderDecoderModel):
-    return True
-  if isinstance(model, decoder.DecoderOnlyModel):
-    return False
-  raise TypeError(f"memory plan: unknown model class {type(model).__name__}; expected "
-                  f"t5.EncoderDecoderModel or decoder.DecoderOnlyModel")
-
-
 def _bytes_entry(tree: Any, mesh: jax.sharding.Mesh) -> dict[str, int]:
   return {"per_device": shard_bytes(tree), "analytic_per_device": analytic_bytes(tree, mesh),
           "total": total_bytes(tree)}
@@ -331,7 +332,11 @@ def plan_from_gin(mesh_sizes: Mapping[str, int], batch_size: int | None = None, 
 # ---- Output -------------------------------------------------------------------------------------
 
 def _gib(n: float) -> str:
-  return f"{n / GIB:10.3f} GiB"
+  """Bytes in the largest binary unit that keeps the number at least 1 (GiB at most)."""
+  for unit, size in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    if n >= size:
+      return f"{n / size:.3f} {unit}"
+  return f"{n:.0f} B  "
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -365,10 +370,10 @@ def format_report(report: Mapping[str, Any]) -> str:
   ]
   if o["loop_init_per_device"] != o["per_device"]:
     lines.append(f"WARNING: state.init_train_state shards the optimizer state differently: "
-                 f"{o['loop_init_per_device'] / GIB:.3f} GiB per device instead of {o['per_device'] / GIB:.3f} "
+                 f"{_gib(o['loop_init_per_device'])} per device instead of {_gib(o['per_device'])} "
                  f"(its init jit has no out_shardings; see memory_plan.opt_state_shardings)")
   if report["device_memory_gib"] is not None:
     verdict = "yes" if report["fits"] else "NO"
     lines.append(f"fits in {report['device_memory_gib']:g} GiB per device? {verdict} "
-                 f"(peak {x['peak_estimate'] / GIB:.2f} GiB)")
+                 f"(peak {_gib(x['peak_estimate'])})")
   return "\n".join(lines)
