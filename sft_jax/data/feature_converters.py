@@ -44,14 +44,14 @@ class _BestFitConverter(seqio.FeatureConverter):
     return super()._validate_dataset(ds, expected_features, expected_lengths, strict, error_label)
 
   def _packed(self, ds: tf.data.Dataset, task_features: tuple[str, ...], input_length: int | None,
-              target_length: int, bos_id: int | None) -> tf.data.Dataset:
+              target_length: int, bos_id: int | None, prompt_length: int | None = None) -> tf.data.Dataset:
     """The rows of the host packer over `ds`, as a dataset."""
     ds = ds.map(lambda ex: {k: ex[k] for k in task_features})
     options, latest_counts = self._options, self._latest_counts
 
     def rows():
       packer = packing.BestFitRowPacker(ds.as_numpy_iterator(), input_length, target_length,
-                                        bos_id=bos_id, **options)
+                                        bos_id=bos_id, prompt_length=prompt_length, **options)
       latest_counts[0] = packer.counts
       yield from packer
 
@@ -96,7 +96,8 @@ class BestFitDecoderFeatureConverter(_BestFitConverter):
 
   The example kind follows the keys of `task_feature_lengths`, as in seqio:
   {"inputs", "targets"} concatenates them into rows of inputs + targets length
-  with loss on the targets; {"targets", "loss_weights"} takes per-token weights
+  with loss on the targets (an over-long prompt is cut from its start, down to
+  the "inputs" length when the targets need the rest); {"targets", "loss_weights"} takes per-token weights
   (a rendered chat); {"targets"} alone puts loss everywhere. `bos_id=None` keeps
   seqio's shift-right decoder inputs; `bos_id=k` prefixes k and predicts token
   t+1 from tokens up to t (Hugging Face LLaMA convention).
@@ -121,7 +122,7 @@ class BestFitDecoderFeatureConverter(_BestFitConverter):
     """Packs decoder-only examples into rows of the decoder length."""
     features = tuple(k for k in ("inputs", "targets", "loss_weights") if k in task_feature_lengths)
     length = self.get_model_feature_lengths(task_feature_lengths)["decoder_target_tokens"]
-    return self._packed(ds, features, None, length, self.bos_id)
+    return self._packed(ds, features, None, length, self.bos_id, task_feature_lengths.get("inputs"))
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     """Every feature has the decoder length: "inputs" + "targets", or "targets" alone."""

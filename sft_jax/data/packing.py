@@ -14,7 +14,10 @@ Two layouts, with seqio's feature names:
     example must fit the row on both the encoder and the decoder side.
   decoder-only (`input_length=None`): DECODER_FEATURES, from {"inputs",
     "targets"} (concatenated, loss on the targets), {"targets", "loss_weights"}
-    (a rendered chat) or {"targets"} alone (loss everywhere).
+    (a rendered chat) or {"targets"} alone (loss everywhere). An over-long
+    {"inputs", "targets"} example gives up prompt tokens from its start first
+    (the end of a prompt, next to the response, is what conditions it), down to
+    `prompt_length`; then its targets are cut from the end, EOS kept.
 Segment ids run 1..n in every row (0 is padding) and positions restart at 0 for
 every example, so attention masks and positions keep packed examples apart.
 
@@ -53,8 +56,8 @@ class PackingCounts:
 
   examples: int = 0  # read from the stream
   truncated: int = 0  # cut to fit a row, on either side, and packed
-  truncated_inputs: int = 0  # encoder side cut (encoder-decoder only)
-  truncated_targets: int = 0  # decoder side cut
+  truncated_inputs: int = 0  # prompt cut: encoder inputs, or a decoder-only prompt (from its start)
+  truncated_targets: int = 0  # targets (decoder side) cut
   dropped: int = 0  # too long with overlong="drop", or left with no target once cut
 
 
@@ -115,11 +118,46 @@ def _decoder_sequence(example: Mapping[str, np.ndarray], bos_id: int | None) -> 
   return seq[:-1], seq[1:], weights[1:]
 
 
+def _prompted_segment(example: Mapping[str, np.ndarray], length: int, prompt_length: int, overlong: str,
+                      bos_id: int | None, eos_id: int, counts: PackingCounts) -> _Segment | None:
+  """A decoder-only {"inputs", "targets"} example fitted to `length` slots; None when dropped.
+
+  The row holds len(inputs) + len(targets) tokens (with `bos_id`, BOS is prefixed and the last
+  token only a target), so an over-long example is cut to that sum: the prompt keeps its last
+  max(prompt_length, length - len(targets)) tokens, the targets what is left, EOS kept last.
+  """
+  inputs = np.asarray(example["inputs"], np.int32)
+  targets = np.asarray(example["targets"], np.int32)
+  if bos_id is not None and len(inputs) and inputs[0] == bos_id:
+    inputs = inputs[1:]  # prefixed again by _decoder_sequence, also when the prompt is cut
+  if not _has_target(targets, np.ones(len(targets), np.int32), eos_id):
+    raise _no_target_error(example)
+  if len(inputs) + len(targets) > length:
+    if overlong == "drop":
+      counts.dropped += 1
+      return None
+    keep_inputs = min(len(inputs), max(prompt_length, length - len(targets)))
+    cut_in = keep_inputs < len(inputs)
+    inputs = inputs[len(inputs) - keep_inputs:]
+    targets, cut_tg = _truncate(targets, length - keep_inputs, eos_id)
+    if not _has_target(targets, np.ones(len(targets), np.int32), eos_id):
+      counts.dropped += 1  # only EOS left of the response
+      return None
+    counts.truncated += 1
+    counts.truncated_inputs += cut_in
+    counts.truncated_targets += cut_tg
+  dec_inputs, dec_targets, weights = _decoder_sequence({"inputs": inputs, "targets": targets}, bos_id)
+  return _Segment(np.zeros(0, np.int32), dec_inputs, dec_targets, weights)
+
+
 def _segment_of(example: Mapping[str, np.ndarray], input_length: int | None, target_length: int,
                 overlong: str, bos_id: int | None, eos_id: int,
-                counts: PackingCounts) -> _Segment | None:
+                counts: PackingCounts, prompt_length: int | None = None) -> _Segment | None:
   """Validates, lays out and fits one example to a row; None when it is dropped (and counted)."""
   counts.examples += 1
+  if input_length is None and "inputs" in example and "loss_weights" not in example:
+    return _prompted_segment(example, target_length, target_length // 2 if prompt_length is None else prompt_length,
+                             overlong, bos_id, eos_id, counts)
   if input_length is not None:
     inputs = np.asarray(example["inputs"], np.int32)
     targets = np.asarray(example["targets"], np.int32)
@@ -209,7 +247,9 @@ class BestFitRowPacker:
   while `bos_id=None` keeps seqio's shift-right with 0 at each segment start.
   Examples longer than a row are truncated (EOS kept last) or dropped, per
   `overlong`, and counted; a truncated example left with no loss-weighted
-  token but EOS (its prompt fills the row) is dropped and counted.
+  token but EOS (its prompt fills the row) is dropped and counted. A decoder-only
+  prompt is cut from its start and keeps at least `prompt_length` tokens (default
+  half the row) when its targets are long; see `_prompted_segment`.
 
   Rows come out of a round ordered by their largest example, and example length
   follows the task, so consecutive rows share tasks. With `shuffle_seed` set, the
@@ -220,13 +260,18 @@ class BestFitRowPacker:
 
   def __init__(self, examples: Iterable[Mapping[str, np.ndarray]], input_length: int | None,
                target_length: int, *, buffer_size: int = DEFAULT_BUFFER_SIZE, overlong: str = "truncate",
-               bos_id: int | None = None, eos_id: int = EOS_ID, shuffle_seed: int | None = None):
+               bos_id: int | None = None, eos_id: int = EOS_ID, shuffle_seed: int | None = None,
+               prompt_length: int | None = None):
     if overlong not in OVERLONG_POLICIES:
       raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, got {overlong!r}")
     if buffer_size < 1:
       raise ValueError(f"buffer_size must be at least 1, got {buffer_size}")
     if input_length is not None and bos_id is not None:
       raise ValueError("bos_id applies to the decoder-only layout (input_length=None)")
+    if prompt_length is not None and (input_length is not None or not 0 <= prompt_length < target_length):
+      raise ValueError(f"prompt_length={prompt_length} needs the decoder-only layout and must be below the "
+                       f"row length {target_length}, which leaves room for targets")
+    self.prompt_length = prompt_length
     self._examples = iter(examples)
     self.input_length, self.target_length = input_length, target_length
     self.buffer_size, self.overlong, self.bos_id, self.eos_id = buffer_size, overlong, bos_id, eos_id
@@ -248,7 +293,7 @@ class BestFitRowPacker:
         self._exhausted = True
         break
       segment = _segment_of(example, self.input_length, self.target_length, self.overlong, self.bos_id,
-                            self.eos_id, self.counts)
+                            self.eos_id, self.counts, self.prompt_length)
       if segment is not None:
         buffer.append(segment)
     return buffer
@@ -354,3 +399,28 @@ def pad_unpacked(examples: list[Mapping[str, np.ndarray]], input_length: int,
     targets, _ = _truncate(np.asarray(ex["targets"], np.int32), target_length)
     rows.append(assemble_row([(inputs, targets)], input_length, target_length))
   return {name: np.stack([r[name] for r in rows]) for name in FEATURES}
+
+
+def pad_unpacked_decoder(examples: list[Mapping[str, np.ndarray]], input_length: int, target_length: int, *,
+                         prompt_only: bool = False, bos_id: int | None = None) -> dict[str, np.ndarray]:
+  """One decoder-only example per row (for scoring and decoding), laid out as the packer trains.
+
+  The prompt keeps its last `input_length - 1` tokens (the start token, 0 or `bos_id`, takes
+  the first slot), the targets their first `target_length` (EOS kept). Rows have
+  `input_length + target_length` slots; with `prompt_only` they hold only the prompt after the
+  start token (`input_length` slots), whose last slot predicts the first target token.
+  """
+  if input_length < 2:
+    raise ValueError(f"input_length={input_length}: a decoder prompt needs a start token and one more slot")
+  rows = []
+  for ex in examples:
+    inputs = np.asarray(ex["inputs"], np.int32)
+    if bos_id is not None and len(inputs) and inputs[0] == bos_id:
+      inputs = inputs[1:]
+    inputs = inputs[max(0, len(inputs) - (input_length - 1)):]
+    targets, _ = _truncate(np.asarray(ex["targets"], np.int32), target_length)
+    dec_inputs, dec_targets, weights = _decoder_sequence({"inputs": inputs, "targets": targets}, bos_id)
+    keep = len(inputs) + 1 if prompt_only else len(dec_targets)
+    segment = _Segment(np.zeros(0, np.int32), dec_inputs[:keep], dec_targets[:keep], weights[:keep])
+    rows.append(_layout_row([segment], None, input_length if prompt_only else input_length + target_length))
+  return {name: np.stack([r[name] for r in rows]) for name in DECODER_FEATURES}

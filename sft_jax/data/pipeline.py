@@ -7,6 +7,11 @@ per process, is the usual multi-host layout; fixing `data_shards` makes the glob
 independent of the number of processes, so a run can move between topologies (2 hosts
 to 1) and still read exactly the same batches.
 
+Rows follow the model's `feature_layout`: "encoder_decoder" rows have `input_length`
+encoder and `target_length` decoder slots; "decoder_only" rows concatenate prompt and
+targets into `input_length + target_length` slots (seqio's DecoderFeatureConverter
+lengths), an over-long prompt keeping at least its last `input_length` tokens.
+
 The position in the stream is the number of batches emitted; since the stream and the
 packer are deterministic given the seed, restoring a position replays the stream to
 exactly the batch the interrupted run would have produced next.
@@ -66,6 +71,9 @@ def check_vocab_fits(mixture_or_task_name: str, model_vocab_size: int) -> None:
                        f"model's vocab_size is {model_vocab_size}; set the model's vocab_size >= {size}")
 
 
+FEATURE_LAYOUTS = ("encoder_decoder", "decoder_only")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
   """What the trainer reads: a mixture or task, its split, packed shapes and the seed."""
@@ -81,6 +89,11 @@ class InputConfig:
   autotune: bool = True
   # Shards the mixture is read in (0: one per process); see the module docstring.
   data_shards: int = 0
+  feature_layout: str = "encoder_decoder"  # or "decoder_only"; see the module docstring
+
+  def __post_init__(self):
+    if self.feature_layout not in FEATURE_LAYOUTS:
+      raise ValueError(f"feature_layout={self.feature_layout!r}; expected one of {FEATURE_LAYOUTS}")
 
 
 class _Prefetcher:
@@ -175,6 +188,9 @@ class TrainInput:
     # the batch spans a few batches (enough choice for dense rows) without making
     # the first step wait on thousands of examples from a slow Python source.
     buffer_size = min(packing.DEFAULT_BUFFER_SIZE, 16 * rows)
+    if c.feature_layout == "decoder_only":
+      return packing.BestFitPacker(examples, rows, None, c.input_length + c.target_length,
+                                   prompt_length=c.input_length, buffer_size=buffer_size, shuffle_seed=c.seed)
     return packing.BestFitPacker(examples, rows, c.input_length, c.target_length,
                                  buffer_size=buffer_size, shuffle_seed=c.seed)
 

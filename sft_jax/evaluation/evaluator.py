@@ -4,7 +4,9 @@ Generation tasks are decoded greedily (KV cache) and scored with the task's own
 metric functions; classification tasks are scored by rank classification: every
 answer choice is scored as a target and the most likely one is the prediction.
 Examples of all tasks share fixed-shape batches, so each function is compiled
-once per run.
+once per prompt-length bucket. Batches follow the model's `feature_layout` as the
+trainer packs it: a decoder-only model reads its start token, the prompt and the
+targets as one sequence, and decodes from the prompt alone.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class CheckpointScorer:
                batch_size: int, input_length: int, target_length: int):
     self._params, self._mesh = params, mesh
     self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
+    self.layout = getattr(model, "feature_layout", "encoder_decoder")
     self._predict = jax.jit(lambda p, b: model.predict_batch(nnx.merge(graphdef, p), b, target_length))
     self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
 
@@ -71,17 +74,17 @@ class CheckpointScorer:
     other._params = params
     return other
 
-  def _run(self, fn: Callable, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+  def _run(self, fn: Callable, pairs: list[tuple[np.ndarray, np.ndarray]], prompt_only: bool = False) -> np.ndarray:
     """Applies `fn(params, batch)` to (inputs, targets) pairs in fixed-size, length-bucketed batches."""
     return batching.run_in_batches(
         functools.partial(fn, self._params), pairs, batch_size=self.batch_size,
         input_length=self.input_length, target_length=self.target_length,
-        sharding=partitioning.batch_sharding(self._mesh))
+        sharding=partitioning.batch_sharding(self._mesh), layout=self.layout, prompt_only=prompt_only)
 
   def generate(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
     """Greedy continuations of each example's prompt, as strings (EOS and after dropped)."""
     dummy = np.array([EOS_ID], np.int32)
-    tokens = self._run(self._predict, [(ex.inputs, dummy) for ex in examples])
+    tokens = self._run(self._predict, [(ex.inputs, dummy) for ex in examples], prompt_only=True)
     texts = []
     for row in tokens:
       ends = np.flatnonzero(row == EOS_ID)

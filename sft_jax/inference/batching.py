@@ -2,6 +2,9 @@
 
 Examples are sorted by input length and each batch is padded to a length bucket, so a short
 prompt never pays for the longest one, and a jitted function compiles once per bucket.
+Rows follow the model's `feature_layout`, as the trainer packs them: encoder-decoder rows
+(prompt on the encoder side), or decoder-only rows (start token, prompt, then targets in one
+sequence; `prompt_only` rows stop after the prompt, for decoding).
 """
 
 from __future__ import annotations
@@ -21,23 +24,35 @@ def input_bucket(longest: int, input_length: int, multiple: int = 64) -> int:
   return min(input_length, -(-longest // multiple) * multiple)
 
 
+def _rows(examples: list[dict[str, np.ndarray]], longest: int, input_length: int, target_length: int,
+          layout: str, prompt_only: bool) -> dict[str, np.ndarray]:
+  if layout == "encoder_decoder":
+    return packing.pad_unpacked(examples, input_bucket(longest, input_length), target_length)
+  if layout == "decoder_only":
+    # The start token takes one prompt slot: prompts keep their last input_length - 1 tokens.
+    length = input_bucket(min(longest, input_length - 1) + 1, input_length)
+    return packing.pad_unpacked_decoder(examples, length, target_length, prompt_only=prompt_only)
+  raise ValueError(f"feature_layout={layout!r}; expected 'encoder_decoder' or 'decoder_only'")
+
+
 def run_in_batches(fn: Callable[[dict[str, jax.Array]], jax.Array], pairs: Sequence[Pair], *,
                    batch_size: int, input_length: int, target_length: int,
-                   sharding: jax.sharding.Sharding) -> np.ndarray:
+                   sharding: jax.sharding.Sharding, layout: str = "encoder_decoder",
+                   prompt_only: bool = False) -> np.ndarray:
   """Applies `fn` to the pairs in batches of `batch_size` rows; one output row per pair, in order.
 
   Rows are laid out by `packing.pad_unpacked` (inputs cut to `input_length`, targets to
-  `target_length`); a short last batch is filled with copies of its last pair whose outputs
-  are dropped. Batches become global arrays with `sharding` (rows over the batch axes).
+  `target_length`) or, with `layout="decoder_only"`, by `packing.pad_unpacked_decoder`; a
+  short last batch is filled with copies of its last pair whose outputs are dropped. Batches
+  become global arrays with `sharding` (rows over the batch axes).
   """
   order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]))
   outputs: list[np.ndarray | None] = [None] * len(pairs)
   for start in range(0, len(order), batch_size):
     chunk = order[start:start + batch_size]
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
-    length = input_bucket(max(len(pairs[k][0]) for k in chunk), input_length)
-    batch = packing.pad_unpacked([{"inputs": pairs[k][0], "targets": pairs[k][1]} for k in padded],
-                                 length, target_length)
+    batch = _rows([{"inputs": pairs[k][0], "targets": pairs[k][1]} for k in padded],
+                  max(len(pairs[k][0]) for k in chunk), input_length, target_length, layout, prompt_only)
     device_batch = {name: jax.make_array_from_process_local_data(sharding, value)
                     for name, value in batch.items()}
     result = np.asarray(jax.device_get(fn(device_batch)))

@@ -99,6 +99,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           init_checkpoint: str | None = None, periodic_eval: Any = None) -> TrainState:
   """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`.
 
+  `input_length` and `target_length` are the prompt and target slots of a packed row: for an
+  encoder-decoder model the two sides' lengths, for a decoder-only model (`model.feature_layout`)
+  one row of their sum, where an over-long prompt keeps at least its last `input_length` tokens.
   A run with no checkpoint of its own starts from `init_checkpoint`'s parameters when given
   (e.g. a directory written by tools/convert_hf.py), else from a fresh initialization.
   On several hosts every process runs this same function (after `distributed.initialize`),
@@ -130,19 +133,28 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   # ---- Input: produced in a background thread from here on, so building the
   # datasets and filling the packer overlap with model creation and compilation.
+  # The model says which packed rows it reads (see the docstring for the lengths).
   train_input = pipeline.TrainInput(
       pipeline.InputConfig(mixture_or_task_name, batch_size, input_length, target_length, seed=seed,
-                           autotune=input_autotune, data_shards=data_shards),
+                           autotune=input_autotune, data_shards=data_shards,
+                           feature_layout=getattr(model, "feature_layout", "encoder_decoder")),
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=input_prefetch,
       state=data_state)
 
   # ---- Model, optimizer, sharded state --------------------------------------
   schedule = optimizers.learning_rate_schedule(total_steps=train_steps)
   optimizer = optimizers.create_optimizer(schedule)
-  # The run's own checkpoints win over init_checkpoint.
-  init_from = None if checkpointer.all_steps() else init_checkpoint
+  # The run's own checkpoints win over init_checkpoint, except under LoRA: they hold only the
+  # adapters, and init_checkpoint (or LoRAModel.base_checkpoint) gives the frozen base on every start.
+  adapters_only = state_lib.trains_adapters_only(model)
+  if adapters_only:
+    init_from = state_lib.lora_base(model, init_checkpoint)
+  else:
+    init_from = None if checkpointer.all_steps() else init_checkpoint
   graphdef, state = state_lib.init_train_state(model, optimizer, seed, mesh, rules, init_checkpoint=init_from)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  if adapters_only:
+    state_lib.record_lora_base(model_dir, model, init_from)
   say = print if jax.process_index() == 0 else (lambda text: None)
   state, restored_data_state = _restore_newest_readable(checkpointer, state, say)
   start_step = int(jax.device_get(state.step))
@@ -151,7 +163,10 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
     train_input.set_state(restored_data_state or dict(train_input.get_state(), batches_emitted=0))
   if not start_step:
     origin = f"from {init_from}" if init_from else "from scratch"
-    say(f"training {origin}: {n_params:,} parameters, mesh {dict(mesh.shape)}")
+    frozen_mib = sum(x.nbytes for x in jax.tree.leaves(state.frozen)) / 2**20
+    trained = (f"{n_params:,} LoRA parameters on a {frozen_mib:,.1f} MiB frozen base" if adapters_only
+               else f"{n_params:,} parameters")
+    say(f"training {origin}: {trained}, mesh {dict(mesh.shape)}")
   writer = train_metrics.MetricsWriter(model_dir, start_step, train_steps, enabled=jax.process_index() == 0)
 
   # ---- Update step: jitted once, explicit shardings, state donated -------------
@@ -204,7 +219,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         if periodic_eval is not None and periodic_eval.due(step, train_steps):
           _check_finite(jax.device_get(pending), step, checkpointer)
           with state_lib.mesh_context(mesh, rules):
-            eval_scalars = periodic_eval(model, graphdef, state.params, mesh)
+            eval_scalars = periodic_eval(model, graphdef, state_lib.model_params(state), mesh)
           writer.write_scalars(step, eval_scalars)
           writer.message(f"step {step}: " + ", ".join(
               f"{k[len('eval/'):]} {v:.3f}" for k, v in eval_scalars.items() if k.endswith("_mean")))

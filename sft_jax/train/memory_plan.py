@@ -88,35 +88,16 @@ def with_overrides(model: Any, remat_policy: str | None = None, dtype: str | Non
 
 # ---- Abstract state and batch ------------------------------------------------------------------
 
-def opt_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
-                        mesh: jax.sharding.Mesh) -> Any:
-  """Shardings of `optimizer.init(params)`: each parameter-shaped leaf (Adam's mu, nu) as its
-  parameter, anything else (step counts, Adafactor's factored rows/columns) replicated."""
-  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
-  shapes = jax.eval_shape(optimizer.init, params)
-  return optax.tree_map_params(
-      optimizer, lambda leaf, param, sharding: sharding if leaf.shape == param.shape else replicated,
-      shapes, params, param_shardings, transform_non_params=lambda _: replicated)
-
-
-def loop_opt_state_shardings(optimizer: optax.GradientTransformation, params: Any,
-                             mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
-  """The optimizer-state shardings `state.init_train_state` produces today: its init jit has no
-  out_shardings, so they are whatever XLA assigns (compiled here, never run)."""
-  create = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p)))
-  with state_lib.mesh_context(mesh, rules):
-    return create.lower(params).compile().output_shardings.opt_state
-
-
 def abstract_train_state(model: Any, optimizer: optax.GradientTransformation, seed: int,
                          mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]]) -> tuple[Any, TrainState]:
   """(graphdef, TrainState of ShapeDtypeStructs): parameters sharded as `state.abstract_params`
-  says, the optimizer state following them (`opt_state_shardings`), a replicated step counter."""
+  says, the optimizer state following them (as `state.init_train_state` lays it out), a
+  replicated step counter."""
   graphdef, params, shardings = state_lib.abstract_params(model, seed, mesh, rules)
   params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
   opt_shapes = jax.eval_shape(optimizer.init, params)
   opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                           opt_shapes, opt_state_shardings(optimizer, params, shardings, mesh))
+                           opt_shapes, state_lib.opt_state_shardings(optimizer, params, mesh))
   step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, jax.sharding.PartitionSpec()))
   return graphdef, TrainState(step=step, params=params, opt_state=opt_state)
 
@@ -275,10 +256,6 @@ def plan_train_step(model: Any, optimizer: optax.GradientTransformation, schedul
   }
   report["flops"]["xla_over_analytic"] = (report["flops"]["xla_per_device"]
                                           / max(report["flops"]["analytic_total_per_device"], 1.0))
-  # What the loop's state would hold today, if its init leaves the optimizer state unsharded.
-  loop_opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state.opt_state,
-                          loop_opt_state_shardings(optimizer, state.params, mesh, rules))
-  report["opt_state"]["loop_init_per_device"] = shard_bytes(loop_opt)
   report["device_memory_gib"] = device_memory_gib
   report["fits"] = None if device_memory_gib is None else xla["peak_estimate"] <= device_memory_gib * GIB
   return report
@@ -368,10 +345,6 @@ def format_report(report: Mapping[str, Any]) -> str:
       f"{'  6 x params x tokens':<34}{f['analytic_six_n_t_per_device']:>16.4g}",
       f"lower {report['seconds']['lower']} s, compile {report['seconds']['compile']} s",
   ]
-  if o["loop_init_per_device"] != o["per_device"]:
-    lines.append(f"WARNING: state.init_train_state shards the optimizer state differently: "
-                 f"{_gib(o['loop_init_per_device'])} per device instead of {_gib(o['per_device'])} "
-                 f"(its init jit has no out_shardings; see memory_plan.opt_state_shardings)")
   if report["device_memory_gib"] is not None:
     verdict = "yes" if report["fits"] else "NO"
     lines.append(f"fits in {report['device_memory_gib']:g} GiB per device? {verdict} "

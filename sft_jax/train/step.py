@@ -11,6 +11,10 @@ With `num_microbatches > 1` the global batch is split into that many microbatche
 summed losses and gradients are accumulated in a `lax.scan` and divided once by the
 batch's total weight, so the update equals the full-batch one whatever the number of
 target tokens in each microbatch.
+
+Under LoRA (models/lora.py) `state.params` holds only the trainable adapters and
+`state.frozen` the rest of the model (frozen, possibly NF4-quantized base weights): the
+gradient, the optimizer and the update see the adapters alone, and `frozen` passes through.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ LOSS_NORMALIZATIONS = ("tokens", "examples")
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a step updates: step counter, parameters and optimizer state."""
+  """Everything a step updates (step counter, trainable parameters, optimizer state), and the
+  model state it only reads (`frozen`: None unless part of the model is frozen, as under LoRA)."""
 
   step: jax.Array
-  params: Any  # nnx.State holding the model's nnx.Param variables
+  params: Any  # nnx.State of the trainable variables (all nnx.Param of a full fine-tune)
   opt_state: Any
+  frozen: Any = None  # nnx.State of the frozen variables, or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +83,24 @@ def _split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) -
           for k, v in batch.items()}
 
 
-def _summed_loss_and_grads(config: StepConfig, params: Any, batch: Mapping[str, jax.Array],
+def model_module(graphdef: Any, params: Any, frozen: Any = None) -> Any:
+  """The network of trainable `params` and, if any, `frozen` state.
+
+  Frozen variables are copied so that they belong to the current trace (like the params, which
+  jax.grad rebuilds): nnx.remat inside the network updates variables only of its own trace.
+  """
+  if frozen is None:
+    return nnx.merge(graphdef, params)
+  return nnx.merge(graphdef, params, frozen, copy=True)
+
+
+def _summed_loss_and_grads(config: StepConfig, params: Any, frozen: Any, batch: Mapping[str, jax.Array],
                            dropout_rng: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array, dict]]:
-  """Gradients of the summed (unnormalized) loss, with (loss_sum, weight_sum, aux sums)."""
+  """Gradients (w.r.t. `params` only) of the summed loss, with (loss_sum, weight_sum, aux sums)."""
 
   def loss_sum_of(p):
     loss_sum, weight_sum, aux = config.model.loss_fn(
-        nnx.merge(config.graphdef, p), batch, dropout_rng=dropout_rng,
+        model_module(config.graphdef, p, frozen), batch, dropout_rng=dropout_rng,
         label_smoothing=config.label_smoothing, z_loss=config.z_loss)
     return loss_sum, (loss_sum, weight_sum, aux)
 
@@ -91,21 +108,21 @@ def _summed_loss_and_grads(config: StepConfig, params: Any, batch: Mapping[str, 
   return grads, sums
 
 
-def _accumulated_loss_and_grads(config: StepConfig, params: Any, batch: Mapping[str, jax.Array],
+def _accumulated_loss_and_grads(config: StepConfig, params: Any, frozen: Any, batch: Mapping[str, jax.Array],
                                 dropout_rng: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array, dict]]:
   """`_summed_loss_and_grads` over the whole batch, one microbatch at a time."""
   if config.num_microbatches == 1:
-    return _summed_loss_and_grads(config, params, batch, dropout_rng)
+    return _summed_loss_and_grads(config, params, frozen, batch, dropout_rng)
   micro = _split_microbatches(batch, config.num_microbatches)
 
   def accumulate(carry, indexed):
     index, microbatch = indexed
-    out = _summed_loss_and_grads(config, params, microbatch, jax.random.fold_in(dropout_rng, index))
+    out = _summed_loss_and_grads(config, params, frozen, microbatch, jax.random.fold_in(dropout_rng, index))
     return jax.tree.map(jnp.add, carry, out), None
 
   first = jax.tree.map(lambda v: v[0], micro)
   zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-      lambda b: _summed_loss_and_grads(config, params, b, dropout_rng), first))
+      lambda b: _summed_loss_and_grads(config, params, frozen, b, dropout_rng), first))
   total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(config.num_microbatches), micro))
   return total
 
@@ -120,7 +137,7 @@ def train_step(config: StepConfig, state: TrainState,
         _loss_weights(batch), batch.get("decoder_segment_ids")))
 
   grad_sums, (loss_sum, weight_sum, aux) = _accumulated_loss_and_grads(
-      config, state.params, batch, dropout_rng)
+      config, state.params, state.frozen, batch, dropout_rng)
   # One division by the global batch's total weight: the full-batch mean, however split.
   denominator = jnp.maximum(weight_sum, 1.0)
   grads = jax.tree.map(lambda g: g / denominator, grad_sums)
@@ -137,4 +154,4 @@ def train_step(config: StepConfig, state: TrainState,
   # over tokens or, with "examples" normalization, the mean of each example's token accuracy).
   metrics.update({k[:-len("_sum")]: v / denominator
                   for k, v in aux.items() if k.endswith("_sum") and k != "weight_sum"})
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, frozen=state.frozen), metrics

@@ -265,7 +265,10 @@ def test_output_is_a_function_of_stream_and_settings(input_length):
 
 def test_truncate_and_drop_are_counted():
   fits, too_long = _lm(10), _lm(40, start=100)
-  prompt_only = {"inputs": np.arange(10, 40, dtype=np.int32), "targets": np.array([7, EOS_ID], np.int32)}
+  # A chat whose first (unweighted) turn alone fills the row; a prompted example instead
+  # gives up the start of its prompt (test_decoder_only_truncation_keeps_targets_by_hand).
+  prompt_only = {"targets": np.r_[np.arange(10, 40), 7, EOS_ID].astype(np.int32),
+                 "loss_weights": np.r_[np.zeros(30), 1, 1].astype(np.int32)}
   stream = [fits, too_long, prompt_only, fits]
 
   truncating = packing.BestFitRowPacker(iter(stream), None, 16)
@@ -342,7 +345,8 @@ def test_feature_converter_rows_equal_the_packer_rows(kind):
     stream = [ex for ex in _random_decoder_stream(300, seed=6) if set(ex) == set(keys)]
     converter = feature_converters.BestFitDecoderFeatureConverter(buffer_size=32, bos_id=2)
     lengths = {"inputs": 100, "targets": 28} if kind == "prompted" else {"targets": 128, "loss_weights": 128}
-    packer = packing.BestFitRowPacker(iter(stream), None, 128, buffer_size=32, bos_id=2)
+    packer = packing.BestFitRowPacker(iter(stream), None, 128, buffer_size=32, bos_id=2,
+                                      prompt_length=100 if kind == "prompted" else None)
   converted = list(converter(_dataset(stream, keys), lengths).as_numpy_iterator())
   expected = _rows(packer)
   assert len(converted) == len(expected) > 1

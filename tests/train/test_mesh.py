@@ -71,6 +71,9 @@ for data, fsdp, tensor in [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)
       "specs": {k: [a if a is None or isinstance(a, str) else list(a) for a in v.sharding.spec]
                 for k, v in kernels.items()},
       "shard_shapes": {k: list(v.addressable_shards[0].data.shape) for k, v in kernels.items()},
+      # Bytes on device 0: SGD momentum keeps one trace per parameter, split the same way.
+      "device_bytes": {k: sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+                       for k, tree in (("params", state.params), ("opt_state", state.opt_state))},
       "shapes": {k: list(v.shape) for k, v in kernels.items()},
   }), flush=True)
 """
@@ -111,3 +114,6 @@ def test_parameters_are_sharded_as_the_rules_say(mesh_runs, mesh):
   # The embedding table is (vocab, embed): vocab over tensor (these rules), embed over fsdp.
   vocab, d_model = run["shapes"]["embedding"]
   assert run["shard_shapes"]["embedding"] == [vocab // tensor, d_model // fsdp]
+  # The optimizer state is split like the parameters, not replicated on every device.
+  assert run["device_bytes"]["opt_state"] == run["device_bytes"]["params"]
+  assert run["device_bytes"]["params"] < mesh_runs[(1, 1, 1)]["device_bytes"]["params"]
