@@ -14,8 +14,8 @@ Logits are compared in float32 on random batches: T5 with padded rows and inputs
 relative_attention_max_distance (so the log-spaced buckets and the shared last bucket are hit),
 decoders on full rows of seq_len tokens. Scores are summed target log-likelihoods (EOS included)
 of random (inputs, targets) pairs, sft_jax's batched `score_pairs` against log-softmax of
-transformers' logits (decoders read the input then the target as one sequence). Export writes the
-imported parameters back and reloads them with transformers; `export_equal` says every tensor is
+transformers' logits (decoders read the model's BOS for LLaMA, the input, then the target as
+one sequence). Export writes the imported parameters back and reloads them with transformers; `export_equal` says every tensor is
 bitwise equal. Prints a table and, last, one JSON line. Needs torch (the [test] extra).
 """
 
@@ -132,7 +132,9 @@ def score_diff(model, loaded, args: argparse.Namespace, mesh, rules) -> tuple[fl
     with torch.no_grad():
       if model.config.is_encoder_decoder:
         logits = model(input_ids=torch.tensor(inputs[None].astype(np.int64)), labels=labels).logits
-      else:  # the logits that predict each target token
+      else:  # the logits that predict each target token, after the model's BOS as its tokenizer adds it
+        bos = getattr(loaded.model, "bos_id", None)
+        inputs = inputs if bos is None else np.concatenate([[bos], inputs])
         sequence = torch.tensor(np.concatenate([inputs, targets])[None].astype(np.int64))
         logits = model(input_ids=sequence).logits[:, len(inputs) - 1:-1]
     want.append(float(torch.log_softmax(logits.double(), -1).gather(-1, labels[..., None]).sum()))

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--vocabulary", help="'byte', a SentencePiece .model, a tokenizer.json or a model "
                       "directory (default: the checkpoint's own tokenizer files)")
   parser.add_argument("--step", type=int, help="checkpoint step of an sft_jax model directory (default: latest)")
-  parser.add_argument("--max_input_length", type=int, help="fail on longer inputs (tokens, EOS included)")
+  parser.add_argument("--max_input_length", type=int, help="fail on longer inputs (tokens; T5 inputs include EOS)")
   parser.add_argument("--max_target_length", type=int, help="fail on longer targets (tokens, EOS included)")
   args = parser.parse_args(argv)
   config.setup_logging()

@@ -95,6 +95,22 @@ def _no_target_error(example: Mapping[str, np.ndarray]) -> ValueError:
   return ValueError(f"example with no target tokens (no loss-weighted token other than EOS): {shown}")
 
 
+# The packer's `bos_id` for a decoder without a start token: each sequence begins with its own
+# first token, which is never predicted (a Hugging Face Qwen2, whose tokenizer adds no BOS).
+NO_BOS = -1
+
+
+def packer_bos_id(model_bos_id: int | None) -> int | None:
+  """The packer's `bos_id` for a model's start token (`DecoderOnlyModel.bos_id`).
+
+  0 is seqio's shift-right start (packer `None`, the layout models trained from scratch have
+  always had); None is no start token (`NO_BOS`); any other id is prefixed as BOS.
+  """
+  if model_bos_id is None:
+    return NO_BOS
+  return model_bos_id or None
+
+
 def _decoder_sequence(example: Mapping[str, np.ndarray], bos_id: int | None) -> tuple[np.ndarray, ...]:
   """(inputs, targets, weights) of a decoder-only example, before any truncation."""
   targets = np.asarray(example["targets"], np.int32)
@@ -111,7 +127,7 @@ def _decoder_sequence(example: Mapping[str, np.ndarray], bos_id: int | None) -> 
     seq, weights = targets, np.ones(len(targets), np.int32)
   if bos_id is None:
     return _shift_right(seq), seq, weights
-  if len(seq) == 0 or seq[0] != bos_id:
+  if bos_id != NO_BOS and (len(seq) == 0 or seq[0] != bos_id):
     seq = np.concatenate([np.array([bos_id], np.int32), seq])
     weights = np.concatenate([np.zeros(1, np.int32), weights])
   # Causal-LM convention (Hugging Face LLaMA): predict token t+1 from tokens up to t.
@@ -244,7 +260,8 @@ class BestFitRowPacker:
   (encoder-decoder: room on both sides, slots of both sides counted).
   `input_length=None` gives the decoder-only layout; there `bos_id` prefixes
   each sequence with that token and predicts token t+1 from tokens up to t,
-  while `bos_id=None` keeps seqio's shift-right with 0 at each segment start.
+  while `bos_id=None` keeps seqio's shift-right with 0 at each segment start and
+  `bos_id=NO_BOS` starts each segment with its own first token (`packer_bos_id`).
   Examples longer than a row are truncated (EOS kept last) or dropped, per
   `overlong`, and counted; a truncated example left with no loss-weighted
   token but EOS (its prompt fills the row) is dropped and counted. A decoder-only
@@ -406,7 +423,7 @@ def pad_unpacked_decoder(examples: list[Mapping[str, np.ndarray]], input_length:
   """One decoder-only example per row (for scoring and decoding), laid out as the packer trains.
 
   The prompt keeps its last `input_length - 1` tokens (the start token, 0 or `bos_id`, takes
-  the first slot), the targets their first `target_length` (EOS kept). Rows have
+  the first slot; with `NO_BOS` there is none and the prompt's first token starts the row), the targets their first `target_length` (EOS kept). Rows have
   `input_length + target_length` slots; with `prompt_only` they hold only the prompt after the
   start token (`input_length` slots), whose last slot predicts the first target token.
   """
@@ -420,7 +437,7 @@ def pad_unpacked_decoder(examples: list[Mapping[str, np.ndarray]], input_length:
     inputs = inputs[max(0, len(inputs) - (input_length - 1)):]
     targets, _ = _truncate(np.asarray(ex["targets"], np.int32), target_length)
     dec_inputs, dec_targets, weights = _decoder_sequence({"inputs": inputs, "targets": targets}, bos_id)
-    keep = len(inputs) + 1 if prompt_only else len(dec_targets)
+    keep = len(inputs) + (bos_id != NO_BOS) if prompt_only else len(dec_targets)
     segment = _Segment(np.zeros(0, np.int32), dec_inputs[:keep], dec_targets[:keep], weights[:keep])
     rows.append(_layout_row([segment], None, input_length if prompt_only else input_length + target_length))
   return {name: np.stack([r[name] for r in rows]) for name in DECODER_FEATURES}

@@ -90,10 +90,15 @@ class InputConfig:
   # Shards the mixture is read in (0: one per process); see the module docstring.
   data_shards: int = 0
   feature_layout: str = "encoder_decoder"  # or "decoder_only"; see the module docstring
+  # Decoder-only rows' start token, as the packer takes it (packing.packer_bos_id of the model's
+  # bos_id): None is seqio's 0, packing.NO_BOS none, another id a BOS prefixed to each example.
+  bos_id: int | None = None
 
   def __post_init__(self):
     if self.feature_layout not in FEATURE_LAYOUTS:
       raise ValueError(f"feature_layout={self.feature_layout!r}; expected one of {FEATURE_LAYOUTS}")
+    if self.bos_id is not None and self.feature_layout != "decoder_only":
+      raise ValueError(f"bos_id={self.bos_id} applies to feature_layout='decoder_only' only")
 
 
 class _Prefetcher:
@@ -190,7 +195,8 @@ class TrainInput:
     buffer_size = min(packing.DEFAULT_BUFFER_SIZE, 16 * rows)
     if c.feature_layout == "decoder_only":
       return packing.BestFitPacker(examples, rows, None, c.input_length + c.target_length,
-                                   prompt_length=c.input_length, buffer_size=buffer_size, shuffle_seed=c.seed)
+                                   prompt_length=c.input_length, buffer_size=buffer_size, shuffle_seed=c.seed,
+                                   bos_id=c.bos_id)
     return packing.BestFitPacker(examples, rows, c.input_length, c.target_length,
                                  buffer_size=buffer_size, shuffle_seed=c.seed)
 

@@ -24,7 +24,7 @@ import numpy as np
 import seqio
 from flax import nnx
 
-from sft_jax.data import mixtures
+from sft_jax.data import mixtures, packing
 from sft_jax.data.vocabularies import EOS_ID
 from sft_jax.evaluation import metrics
 from sft_jax.evaluation import report as report_lib
@@ -65,6 +65,10 @@ class CheckpointScorer:
     self._params, self._mesh = params, mesh
     self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
     self.layout = getattr(model, "feature_layout", "encoder_decoder")
+    self.bos_id = packing.packer_bos_id(getattr(model, "bos_id", 0))  # decoder rows' start token
+    # Where a generation ends: any of the model's end tokens (an imported Llama has several).
+    eos = getattr(model, "eos_ids", None) or (getattr(model, "eos_id", EOS_ID),)
+    self.eos_ids = np.asarray(eos, np.int32)
     self._predict = jax.jit(lambda p, b: model.predict_batch(nnx.merge(graphdef, p), b, target_length))
     self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
 
@@ -79,15 +83,16 @@ class CheckpointScorer:
     return batching.run_in_batches(
         functools.partial(fn, self._params), pairs, batch_size=self.batch_size,
         input_length=self.input_length, target_length=self.target_length,
-        sharding=partitioning.batch_sharding(self._mesh), layout=self.layout, prompt_only=prompt_only)
+        sharding=partitioning.batch_sharding(self._mesh), layout=self.layout, prompt_only=prompt_only,
+        bos_id=self.bos_id if self.layout == "decoder_only" else None)
 
   def generate(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
     """Greedy continuations of each example's prompt, as strings (EOS and after dropped)."""
-    dummy = np.array([EOS_ID], np.int32)
+    dummy = np.array([vocab.eos_id], np.int32)
     tokens = self._run(self._predict, [(ex.inputs, dummy) for ex in examples], prompt_only=True)
     texts = []
     for row in tokens:
-      ends = np.flatnonzero(row == EOS_ID)
+      ends = np.flatnonzero(np.isin(row, self.eos_ids))
       row = row[:ends[0]] if len(ends) else row
       texts.append(vocab.decode(row[row > 0].tolist()))
     return texts
@@ -97,7 +102,8 @@ class CheckpointScorer:
     pairs, owners = [], []
     for k, ex in enumerate(examples):
       for choice in ex.answer_choices:
-        pairs.append((ex.inputs, np.array(vocab.encode(choice) + [EOS_ID], np.int32)))
+        # Each choice ends as the task's targets do: with its vocabulary's EOS.
+        pairs.append((ex.inputs, np.array(vocab.encode(choice) + [vocab.eos_id], np.int32)))
         owners.append(k)
     loglik = self._run(self._score, pairs)
     best: dict[int, tuple[float, str]] = {}

@@ -1,11 +1,18 @@
 """Log-likelihoods of target strings given input strings, for a JSONL file (`tools/score.py`).
 
 Each line `{"inputs": str, "targets": str, ...}` is written back with `"loglik"`, the sum of the
-natural-log probabilities of the target tokens, and `"num_tokens"`, their count. Both strings
-are tokenized without special tokens and get EOS appended, as seqio's T5 tasks and
-transformers' T5 tokenizer do. The target's EOS is scored too (ending there is part of what the
-model predicts), so `num_tokens` is the target's token count plus one, and `loglik` equals
-transformers' `-CrossEntropy(sum)` of the model called with `labels` = target tokens + EOS.
+natural-log probabilities of the target tokens, and `"num_tokens"`, their count. Strings are
+tokenized without special tokens. The target gets the model's EOS appended and that EOS is
+scored too (ending there is part of what the model predicts), so `num_tokens` is the target's
+token count plus one.
+
+Encoder-decoder (T5): the input gets EOS too, as seqio's T5 tasks and transformers' T5 tokenizer
+do, and `loglik` equals transformers' `-CrossEntropy(sum)` of the model called with `labels` =
+target tokens + EOS. Decoder-only (LLaMA, Mistral, Qwen2): the row is the model's start token
+(`DecoderOnlyModel.bos_id`), the prompt, then target + EOS, so `loglik` equals transformers'
+on `[BOS] + prompt + target + [EOS]` for a LLaMA/Mistral import (its tokenizer adds BOS) and
+on `prompt + target + [EOS]` for Qwen2 (no BOS; an empty prompt is then an error, since the
+first target token would have nothing to be predicted from).
 
 Rows are never truncated: the fixed batch shapes are sized from the file's longest example.
 """
@@ -22,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import seqio
 
+from sft_jax.data import packing
 from sft_jax.data import vocabularies
 from sft_jax.inference import batching
 from sft_jax.models import hf_io
@@ -72,17 +80,26 @@ def resolve_vocabulary(spec: str | seqio.Vocabulary) -> seqio.Vocabulary:
 
 
 def tokenize(examples: Sequence[tuple[int, dict]], vocabulary: seqio.Vocabulary, path: str,
-             vocab_size: int) -> list[batching.Pair]:
-  """(inputs + EOS, targets + EOS) token ids per example; ids the model cannot embed are an error."""
+             vocab_size: int, *, eos_id: int | None = EOS_ID, input_eos: bool = True) -> list[batching.Pair]:
+  """(inputs [+ EOS], targets + EOS) token ids per example; ids the model cannot embed are an error.
+
+  `eos_id=None` appends nothing; `input_eos=False` leaves the inputs without EOS (decoder-only).
+  """
+  eos = [] if eos_id is None else [eos_id]
   pairs = []
   for line_number, record in examples:
-    pair = tuple(np.array(vocabulary.encode(record[f]) + [EOS_ID], np.int32) for f in FIELDS)
+    pair = tuple(np.array(vocabulary.encode(record[f]) + (eos if f == "targets" or input_eos else []), np.int32)
+                 for f in FIELDS)
     for field, ids in zip(FIELDS, pair):
-      if ids.max() >= vocab_size:
+      if len(ids) and ids.max() >= vocab_size:
         raise ValueError(f"{path}:{line_number}: field {field!r} encodes to id {int(ids.max())}, outside the "
                          f"model's vocabulary of {vocab_size}; is the vocabulary the model's?")
     pairs.append(pair)
   return pairs
+
+
+def _decoder_only(model: Any) -> bool:
+  return getattr(model, "feature_layout", "encoder_decoder") == "decoder_only"
 
 
 def _check_length(examples, pairs, path, side, limit):
@@ -98,16 +115,22 @@ def _check_length(examples, pairs, path, side, limit):
 def score_pairs(loaded: hf_io.LoadedModel, pairs: Sequence[batching.Pair], *, mesh: jax.sharding.Mesh,
                 rules: Sequence[tuple[str, Any]], batch_size: int = 16) -> np.ndarray:
   """Summed target log-likelihood of each (inputs, targets) pair, [N] float32, none truncated."""
-  input_length = batching.input_bucket(max(len(p[0]) for p in pairs), 1 << 30)
-  target_length = -(-max(len(p[1]) for p in pairs) // 16) * 16
   model, graphdef = loaded.model, loaded.graphdef
+  layout, bos_id = "encoder_decoder", None
+  longest_input = max(len(p[0]) for p in pairs)
+  if _decoder_only(model):  # rows as the trainer packs them: start token, prompt, targets
+    layout, bos_id = "decoder_only", packing.packer_bos_id(getattr(model, "bos_id", 0))
+    longest_input += 1  # the start token's slot (unused without one)
+  input_length = batching.input_bucket(longest_input, 1 << 30)
+  target_length = -(-max(len(p[1]) for p in pairs) // 16) * 16
   score = jax.jit(lambda params, batch: model.score_batch(nnx.merge(graphdef, params), batch))
   # Rows over the batch mesh axes, as the trainer's batches (train.partitioning.batch_sharding).
   sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     return batching.run_in_batches(
         lambda batch: score(loaded.params, batch), pairs, batch_size=batch_size,
-        input_length=input_length, target_length=target_length, sharding=sharding)
+        input_length=input_length, target_length=target_length, sharding=sharding, layout=layout,
+        bos_id=bos_id)
 
 
 def score_file(checkpoint: str, inputs_path: str, out_path: str, *, mesh: jax.sharding.Mesh,
@@ -125,7 +148,18 @@ def score_file(checkpoint: str, inputs_path: str, out_path: str, *, mesh: jax.sh
   if vocabulary is None and loaded.vocabulary is None:
     raise ValueError(f"{checkpoint}: no tokenizer files (spiece.model, tokenizer.json); pass a vocabulary")
   vocab = resolve_vocabulary(vocabulary) if vocabulary is not None else loaded.vocabulary
-  pairs = tokenize(examples, vocab, inputs_path, loaded.model.config.vocab_size)
+  model = loaded.model
+  if _decoder_only(model):
+    eos_ids = getattr(model, "eos_ids", ())
+    pairs = tokenize(examples, vocab, inputs_path, model.config.vocab_size,
+                     eos_id=eos_ids[0] if eos_ids else None, input_eos=False)
+    if getattr(model, "bos_id", 0) is None:
+      for (line_number, _), (inputs, _) in zip(examples, pairs):
+        if not len(inputs):
+          raise ValueError(f"{inputs_path}:{line_number}: field 'inputs' is empty, and the model has no start "
+                           f"token (bos_id=None) to predict the first target token from")
+  else:
+    pairs = tokenize(examples, vocab, inputs_path, model.config.vocab_size)
   _check_length(examples, pairs, inputs_path, 0, max_input_length)
   _check_length(examples, pairs, inputs_path, 1, max_target_length)
   loglik = score_pairs(loaded, pairs, mesh=mesh, rules=rules, batch_size=batch_size)

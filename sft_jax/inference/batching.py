@@ -25,24 +25,25 @@ def input_bucket(longest: int, input_length: int, multiple: int = 64) -> int:
 
 
 def _rows(examples: list[dict[str, np.ndarray]], longest: int, input_length: int, target_length: int,
-          layout: str, prompt_only: bool) -> dict[str, np.ndarray]:
+          layout: str, prompt_only: bool, bos_id: int | None) -> dict[str, np.ndarray]:
   if layout == "encoder_decoder":
     return packing.pad_unpacked(examples, input_bucket(longest, input_length), target_length)
   if layout == "decoder_only":
     # The start token takes one prompt slot: prompts keep their last input_length - 1 tokens.
     length = input_bucket(min(longest, input_length - 1) + 1, input_length)
-    return packing.pad_unpacked_decoder(examples, length, target_length, prompt_only=prompt_only)
+    return packing.pad_unpacked_decoder(examples, length, target_length, prompt_only=prompt_only, bos_id=bos_id)
   raise ValueError(f"feature_layout={layout!r}; expected 'encoder_decoder' or 'decoder_only'")
 
 
 def run_in_batches(fn: Callable[[dict[str, jax.Array]], jax.Array], pairs: Sequence[Pair], *,
                    batch_size: int, input_length: int, target_length: int,
                    sharding: jax.sharding.Sharding, layout: str = "encoder_decoder",
-                   prompt_only: bool = False) -> np.ndarray:
+                   prompt_only: bool = False, bos_id: int | None = None) -> np.ndarray:
   """Applies `fn` to the pairs in batches of `batch_size` rows; one output row per pair, in order.
 
   Rows are laid out by `packing.pad_unpacked` (inputs cut to `input_length`, targets to
-  `target_length`) or, with `layout="decoder_only"`, by `packing.pad_unpacked_decoder`; a
+  `target_length`) or, with `layout="decoder_only"`, by `packing.pad_unpacked_decoder` (start
+  token `bos_id`, as the packer takes it: `packing.packer_bos_id(model.bos_id)`); a
   short last batch is filled with copies of its last pair whose outputs are dropped. Batches
   become global arrays with `sharding` (rows over the batch axes).
   """
@@ -52,7 +53,8 @@ def run_in_batches(fn: Callable[[dict[str, jax.Array]], jax.Array], pairs: Seque
     chunk = order[start:start + batch_size]
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
     batch = _rows([{"inputs": pairs[k][0], "targets": pairs[k][1]} for k in padded],
-                  max(len(pairs[k][0]) for k in chunk), input_length, target_length, layout, prompt_only)
+                  max(len(pairs[k][0]) for k in chunk), input_length, target_length, layout, prompt_only,
+                  bos_id)
     device_batch = {name: jax.make_array_from_process_local_data(sharding, value)
                     for name, value in batch.items()}
     result = np.asarray(jax.device_get(fn(device_batch)))

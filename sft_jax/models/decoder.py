@@ -407,15 +407,20 @@ def greedy_decode(module: DecoderTransformer, prompt_BxP: jax.Array, prompt_mask
 Batch = Mapping[str, jax.Array]
 
 
-def pairs_to_decoder_only(batch: Batch) -> dict[str, jax.Array]:
+def pairs_to_decoder_only(batch: Batch, bos_id: int | None = None) -> dict[str, jax.Array]:
   """The decoder-only layout of an (inputs, targets) batch as evaluators build for encoder-decoders.
 
-  Each row becomes its left-aligned input followed by its targets; loss weights mark the targets,
-  so the sums of `score_batch` cover exactly the target tokens.
+  Each row becomes its left-aligned input followed by its targets, after a `bos_id` column when
+  one is given (its padding, between BOS and the input, is masked by segment id); loss weights
+  mark the targets, so the sums of `score_batch` cover exactly the target tokens.
   """
   inputs_BxS, targets_BxT = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
   input_mask = batch.get("encoder_segment_ids")
   inputs_BxS, input_mask_BxS = left_align(inputs_BxS, inputs_BxS != 0 if input_mask is None else input_mask)
+  if bos_id is not None:
+    ones_Bx1 = jnp.ones((inputs_BxS.shape[0], 1), jnp.int32)
+    inputs_BxS = jnp.concatenate([ones_Bx1 * bos_id, inputs_BxS.astype(jnp.int32)], axis=1)
+    input_mask_BxS = jnp.concatenate([ones_Bx1, input_mask_BxS], axis=1)
   weights_BxT = losses.target_weights(batch)
   tokens_BxL = jnp.concatenate([inputs_BxS, targets_BxT], axis=1)
   segment_ids_BxL = jnp.concatenate([input_mask_BxS, jnp.ones(targets_BxT.shape, jnp.int32)], axis=1)
@@ -436,12 +441,21 @@ class DecoderOnlyModel:
   (the inputs shifted by one), `decoder_segment_ids`, `decoder_positions` and
   `decoder_loss_weights` (1 on target tokens only). `score_batch` and `predict_batch` also take
   the encoder-decoder layout (`encoder_input_tokens` as the prompt) that evaluators build.
+
+  `bos_id` is each example's first decoder input (its start token): 0, seqio's shift-right
+  convention, for models trained from scratch; a Hugging Face LLaMA/Mistral import uses its own
+  BOS (config.json's bos_token_id, e.g. Llama 3's 128000), as its tokenizer and pretraining do;
+  None means no start token: the row begins with the prompt's first token, which is never
+  predicted (Qwen2, whose tokenizer adds no BOS). Scores then equal transformers' on
+  `[BOS] + prompt + target` (or `prompt + target` without BOS). See `hf_llama.start_token_from_hf`.
+  The trainer's packer, the evaluator's rows and `tools/score.py` all follow it.
   """
   feature_layout = "decoder_only"  # the packed rows the trainer builds (sft_jax.data.pipeline)
 
-  def __init__(self, config: DecoderConfig, *, eos_id: int | Sequence[int] = 1):
+  def __init__(self, config: DecoderConfig, *, eos_id: int | Sequence[int] = 1, bos_id: int | None = 0):
     self.config = config
     self.eos_id = eos_id
+    self.bos_id = bos_id
     self.eos_ids = (eos_id,) if isinstance(eos_id, int) else tuple(eos_id)
 
   def init(self, rng_seed: int) -> DecoderTransformer:
@@ -465,7 +479,8 @@ class DecoderOnlyModel:
   def score_batch(self, module: DecoderTransformer, batch: Batch) -> jax.Array:
     """Per-row sum of weighted target-token log-probabilities (natural log), [B]."""
     if "encoder_input_tokens" in batch:
-      batch = pairs_to_decoder_only(batch)
+      # seqio's 0 start token was never added to these rows; keep them as they were.
+      batch = pairs_to_decoder_only(batch, self.bos_id or None)
     return scoring.sequence_log_likelihood(
         self._logits(module, batch), batch["decoder_target_tokens"], losses.target_weights(batch))
 

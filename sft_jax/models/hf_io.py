@@ -268,7 +268,7 @@ def model_from_gin(path: str) -> Any:
   """The model bound in a flat gin file (a run's operative config.gin, or one `convert_to_checkpoint` wrote).
 
   Only literal config and `eos_id` bindings are read (`T5Config.*`, `EncoderDecoderModel.eos_id`,
-  `DecoderConfig.*`, `DecoderOnlyModel.eos_id`), without touching gin's global configuration.
+  `DecoderConfig.*`, `DecoderOnlyModel.eos_id`/`bos_id`), without touching gin's global configuration.
   """
   bindings = _gin_bindings(path)
   for module in _ARCHITECTURE_MODULES:

@@ -100,6 +100,20 @@ def decoder_config_from_hf(hf: Mapping[str, Any], *, path: str = "config.json",
     raise ValueError(f"{path}: {e}") from e
 
 
+def start_token_from_hf(hf: Mapping[str, Any], *, path: str = "config.json") -> int | None:
+  """`DecoderOnlyModel.bos_id` of a transformers config: the start token HF's tokenizer puts first.
+
+  LLaMA and Mistral tokenizers prepend BOS (config.json's bos_token_id, e.g. Llama 3's 128000),
+  so rows start with it as in pretraining. Qwen2's tokenizer adds no BOS (whatever bos_token_id
+  says), so rows start with the prompt's first token (None), as `concat(prompt, target)` in
+  transformers; likewise a LLaMA/Mistral config without bos_token_id.
+  """
+  if _model_type(hf, path) == "qwen2":
+    return None
+  bos = hf.get("bos_token_id")
+  return int(bos) if isinstance(bos, int) else None
+
+
 def _architecture(config: decoder.DecoderConfig, base: Mapping[str, Any]) -> str:
   for name in base.get("architectures") or []:
     if name in ARCHITECTURES:
@@ -194,7 +208,8 @@ def model_from_hf(hf: Mapping[str, Any], files: hf_tensors.SafetensorsDir, *, pa
   if config.sliding_window is not None:
     logging.warning("%s: sliding_window=%d; sequences longer than the window are refused", path,
                     config.sliding_window)
-  return decoder.DecoderOnlyModel(config, eos_id=eos_ids[0] if len(eos_ids) == 1 else eos_ids)
+  return decoder.DecoderOnlyModel(config, eos_id=eos_ids[0] if len(eos_ids) == 1 else eos_ids,
+                                  bos_id=start_token_from_hf(hf, path=path))
 
 
 # ---- gin --------------------------------------------------------------------------------------
@@ -203,11 +218,13 @@ def model_gin(model: decoder.DecoderOnlyModel) -> list[str]:
   """Gin lines that rebuild `model`."""
   lines = ["import sft_jax.models.decoder", "", "MODEL = @decoder.DecoderOnlyModel()",
            "decoder.DecoderOnlyModel.config = @decoder.DecoderConfig()",
-           f"decoder.DecoderOnlyModel.eos_id = {model.eos_id!r}"]
+           f"decoder.DecoderOnlyModel.eos_id = {model.eos_id!r}",
+           f"decoder.DecoderOnlyModel.bos_id = {model.bos_id!r}"]
   return lines + [f"decoder.DecoderConfig.{f.name} = {getattr(model.config, f.name)!r}"
                   for f in dataclasses.fields(model.config)]
 
 
 def model_from_bindings(config_fields: dict[str, Any], model_fields: dict[str, Any]) -> decoder.DecoderOnlyModel:
-  """The model of literal `DecoderConfig.*` and `DecoderOnlyModel.eos_id` gin bindings."""
-  return decoder.DecoderOnlyModel(decoder.DecoderConfig(**config_fields), eos_id=model_fields.get("eos_id", 1))
+  """The model of literal `DecoderConfig.*` and `DecoderOnlyModel.eos_id`/`bos_id` gin bindings."""
+  return decoder.DecoderOnlyModel(decoder.DecoderConfig(**config_fields), eos_id=model_fields.get("eos_id", 1),
+                                  bos_id=model_fields.get("bos_id", 0))

@@ -137,7 +137,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   train_input = pipeline.TrainInput(
       pipeline.InputConfig(mixture_or_task_name, batch_size, input_length, target_length, seed=seed,
                            autotune=input_autotune, data_shards=data_shards,
-                           feature_layout=getattr(model, "feature_layout", "encoder_decoder")),
+                           feature_layout=getattr(model, "feature_layout", "encoder_decoder"),
+                           # The decoder-only model's start token (DecoderOnlyModel.bos_id).
+                           bos_id=packing.packer_bos_id(getattr(model, "bos_id", 0))),
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=input_prefetch,
       state=data_state)
 

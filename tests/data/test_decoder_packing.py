@@ -100,3 +100,24 @@ def test_train_input_builds_decoder_rows_of_both_lengths():
   train_input.close()
   with pytest.raises(ValueError, match="feature_layout"):
     pipeline.InputConfig(synthetic.MIXTURE_NAME, 4, 48, 16, feature_layout="prefix_lm")
+
+
+def test_start_token_of_the_model_by_hand():
+  # DecoderOnlyModel.bos_id -> the packer's: 0 keeps seqio's shift-right, None is no start token.
+  assert [packing.packer_bos_id(b) for b in (0, None, 128000)] == [None, packing.NO_BOS, 128000]
+  for bos_id, inputs, targets, weights in (
+      # Each example's own BOS first; it predicts the prompt's first token.
+      (50, [50, 5, 6, 1, 7, 50, 8, 1, 9, 4], [5, 6, 1, 7, 1, 8, 1, 9, 4, 1], [0, 0, 0, 1, 1, 0, 0, 1, 1, 1]),
+      # No start token: the prompt's first token starts each example and is never predicted.
+      (packing.NO_BOS, [5, 6, 1, 7, 8, 1, 9, 4], [6, 1, 7, 1, 1, 9, 4, 1], [0, 0, 1, 1, 0, 1, 1, 1])):
+    row = {k: v[0] for k, v in next(packing.BestFitPacker(iter([A, B]), 1, None, 12, bos_id=bos_id)).items()}
+    n = len(targets)
+    np.testing.assert_array_equal(row["decoder_input_tokens"][:n], inputs)
+    np.testing.assert_array_equal(row["decoder_target_tokens"][:n], targets)
+    np.testing.assert_array_equal(row["decoder_loss_weights"][:n], weights)
+  # Evaluation rows: without a start token a prompt-only row is just the prompt.
+  rows = packing.pad_unpacked_decoder([A], 4, 4, prompt_only=True, bos_id=packing.NO_BOS)
+  np.testing.assert_array_equal(rows["decoder_input_tokens"][0], [5, 6, 1, 0])
+  np.testing.assert_array_equal(rows["decoder_target_tokens"][0], [6, 1, 7, 0])
+  with pytest.raises(ValueError, match="bos_id"):
+    pipeline.InputConfig("t", 1, 4, 4, bos_id=5)

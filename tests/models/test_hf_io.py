@@ -469,7 +469,12 @@ def test_decoder_score_batch_matches_transformers(variant, decoder_dirs):
     batch["decoder_loss_weights"][i, len(prompt) - 1:len(sequence) - 1] = 1.0
   np.testing.assert_allclose(np.asarray(score(module, {k: jnp.asarray(v) for k, v in batch.items()})), want,
                              rtol=1e-5, atol=1e-4)
-  # The (inputs, targets) layout evaluators and score_file build for encoder-decoders.
+  # The (inputs, targets) layout evaluators build for encoder-decoders: after the model's start
+  # token, as HF's tokenizer puts it (LLaMA: config.json's BOS; Qwen2: none).
+  bos = loaded.model.bos_id
+  assert bos == (None if variant.startswith("qwen2") else DECODER_KW["bos_token_id"])
+  if bos is not None:
+    want = _hand_scores(hf_model, [np.concatenate([[bos], p]) for p in prompts], targets)
   pairs = {"encoder_input_tokens": np.zeros((3, 20), np.int32), "decoder_target_tokens": np.zeros((3, 12), np.int32)}
   for i, (prompt, target) in enumerate(zip(prompts, targets)):
     pairs["encoder_input_tokens"][i, :len(prompt)] = prompt
