@@ -1,4 +1,7 @@
-"""Converts T5 checkpoints between Hugging Face directories and sft_jax model directories.
+"""Converts checkpoints between Hugging Face directories and sft_jax model directories.
+
+T5ForConditionalGeneration (T5 v1.0, v1.1, Flan-T5) and LlamaForCausalLM, MistralForCausalLM,
+Qwen2ForCausalLM, chosen by config.json's `architectures`.
 
   python tools/convert_hf.py --from_hf=path/to/flan-t5-base --to=runs/flan_t5_base
   python tools/convert_hf.py --from=runs/flan_t5_base --to_hf=path/to/hf_dir
