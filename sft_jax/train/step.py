@@ -65,11 +65,6 @@ class StepConfig:
       raise ValueError(f"num_microbatches={self.num_microbatches}; expected a positive integer")
 
 
-def _loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
-  weights = batch.get("decoder_loss_weights")
-  return (batch["decoder_target_tokens"] != 0) if weights is None else weights
-
-
 def _split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) -> dict[str, jax.Array]:
   """[B, ...] -> [M, B // M, ...], microbatch m holding rows m, m + M, m + 2M, ...
 
@@ -131,10 +126,10 @@ def train_step(config: StepConfig, state: TrainState,
                batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and scalar metrics."""
   dropout_rng = jax.random.fold_in(jax.random.key(config.dropout_seed), state.step)
-  target_tokens = jnp.sum(_loss_weights(batch).astype(jnp.float32))
+  target_tokens = jnp.sum(losses.target_weights(batch))
   if config.loss_normalization == "examples":
     batch = dict(batch, decoder_loss_weights=losses.per_example_weights(
-        _loss_weights(batch), batch.get("decoder_segment_ids")))
+        losses.target_weights(batch), batch.get("decoder_segment_ids")))
 
   grad_sums, (loss_sum, weight_sum, aux) = _accumulated_loss_and_grads(
       config, state.params, state.frozen, batch, dropout_rng)
