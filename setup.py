@@ -31,7 +31,8 @@ setuptools.setup(
     ],
     package_data={"sft_jax.data.collections": ["*.spm.model"]},
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0", "lm_eval>=0.4.13,<0.5"],
+        "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # tools/run_lm_eval.py, sft_jax.evaluation.lm_eval_adapter
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },
