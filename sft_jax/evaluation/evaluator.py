@@ -1,11 +1,15 @@
-"""Held-out evaluation of a checkpoint against its step-0 baseline.
+"""Held-out evaluation of a checkpoint (or of every kept checkpoint) against its step-0 baseline.
 
 Generation tasks are decoded greedily (KV cache) and scored with the task's own
 metric functions; classification tasks are scored by rank classification: every
-answer choice is scored as a target and the most likely one is the prediction.
-Examples of all tasks share fixed-shape batches, so each function is compiled
-once per prompt-length bucket. Batches follow the model's `feature_layout` as the
-trainer packs it: a decoder-only model reads its start token, the prompt and the
+answer choice is scored as a target (its tokens and EOS) and the most likely one is
+the prediction. A choice's score is its summed log-likelihood, or with
+`length_normalization` that sum divided by its number of target tokens, EOS included
+(as `tools/score.py` writes them: `loglik / num_tokens`), which stops the sum from
+favouring short choices. Tasks whose examples carry a `template` feature are also
+scored per template. Examples of all tasks share fixed-shape batches, so each function
+is compiled once per prompt-length bucket. Batches follow the model's `feature_layout`
+as the trainer packs it: a decoder-only model reads its start token, the prompt and the
 targets as one sequence, and decodes from the prompt alone.
 """
 
@@ -26,7 +30,7 @@ from flax import nnx
 
 from sft_jax.data import mixtures, packing
 from sft_jax.data.vocabularies import EOS_ID
-from sft_jax.evaluation import metrics
+from sft_jax.evaluation import curves, metrics
 from sft_jax.evaluation import report as report_lib
 from sft_jax.inference import batching
 from sft_jax.train import checkpoints, partitioning
@@ -35,12 +39,14 @@ from sft_jax.train import state as state_lib
 
 @dataclasses.dataclass
 class EvalExample:
-  """One evaluation instance: tokenized prompt, target strings and optional choices."""
+  """One evaluation instance: tokenized prompt, target string, optional choices and template."""
 
   task: str
   inputs: np.ndarray
   target: str
   answer_choices: tuple[str, ...]
+  template: str | None = None  # the name of the template that rendered the prompt, if the task says
+  inputs_text: str = ""  # the rendered prompt before tokenization
 
 
 def load_examples(task_name: str, split: str, max_examples: int) -> list[EvalExample]:
@@ -51,10 +57,25 @@ def load_examples(task_name: str, split: str, max_examples: int) -> list[EvalExa
   out = []
   for ex in dataset.take(max_examples).as_numpy_iterator():
     choices = tuple(c.decode() for c in ex.get("answer_choices", ()))
-    out.append(EvalExample(task_name, ex["inputs"], ex["targets_pretokenized"].decode(), choices))
+    template = ex["template"].decode() if "template" in ex else None
+    if "inputs_pretokenized" in ex:
+      inputs_text = ex["inputs_pretokenized"].decode()
+    else:  # a task that keeps no text copy: the prompt as its own vocabulary reads it
+      inputs_text = task.output_features["inputs"].vocabulary.decode(ex["inputs"].tolist())
+    out.append(EvalExample(task_name, ex["inputs"], ex["targets_pretokenized"].decode(), choices,
+                           template, inputs_text))
   if not out:
     raise ValueError(f"task {task_name!r} has no examples in split {split!r}")
   return out
+
+
+def pick_choice(logliks: np.ndarray, num_tokens: np.ndarray, length_normalization: bool = False) -> int:
+  """Index of the best answer choice: highest summed log-likelihood, or per target token
+  (EOS included) with `length_normalization`; the first one on a tie."""
+  scores = np.asarray(logliks, np.float64)
+  if length_normalization:
+    scores = scores / np.asarray(num_tokens, np.float64)
+  return int(np.argmax(scores))
 
 
 class CheckpointScorer:
@@ -97,43 +118,102 @@ class CheckpointScorer:
       texts.append(vocab.decode(row[row > 0].tolist()))
     return texts
 
-  def rank_choices(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
-    """The answer choice with the highest target log-likelihood, per example."""
-    pairs, owners = [], []
-    for k, ex in enumerate(examples):
+  def choice_logliks(self, examples: list[EvalExample],
+                     vocab: seqio.Vocabulary) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(summed target log-likelihood [C], scored target tokens [C]) of each example's C choices."""
+    pairs, sizes = [], []
+    for ex in examples:
+      if not ex.answer_choices:
+        raise ValueError(f"task {ex.task!r}: a classification example has no answer_choices")
       for choice in ex.answer_choices:
         # Each choice ends as the task's targets do: with its vocabulary's EOS.
         pairs.append((ex.inputs, np.array(vocab.encode(choice) + [vocab.eos_id], np.int32)))
-        owners.append(k)
+      sizes.append(len(ex.answer_choices))
     loglik = self._run(self._score, pairs)
-    best: dict[int, tuple[float, str]] = {}
-    flat_choices = [c for ex in examples for c in ex.answer_choices]
-    for k, ll, choice in zip(owners, loglik, flat_choices):
-      if k not in best or ll > best[k][0]:
-        best[k] = (float(ll), choice)
-    return [best[k][1] for k in range(len(examples))]
+    # Rows keep at most target_length target tokens, so no more than that are scored.
+    num_tokens = np.minimum([len(targets) for _, targets in pairs], self.target_length)
+    bounds = np.cumsum([0] + sizes)
+    return [(loglik[a:b], num_tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+  def rank_choices(self, examples: list[EvalExample], vocab: seqio.Vocabulary,
+                   length_normalization: bool = False) -> list[str]:
+    """The most likely answer choice per example (see `pick_choice`)."""
+    return [ex.answer_choices[pick_choice(ll, n, length_normalization)]
+            for ex, (ll, n) in zip(examples, self.choice_logliks(examples, vocab))]
+
+
+@dataclasses.dataclass
+class TaskResults:
+  """One checkpoint's scores on the evaluation tasks and the predictions they came from."""
+
+  tasks: dict[str, dict[str, float]]  # task -> metric -> value
+  templates: dict[str, dict[str, dict[str, float]]]  # task -> template -> metric -> value
+  predictions: dict[str, list[str]]  # task -> one prediction per example
+
+
+def _run_metrics(task: seqio.Task, targets: list[str], predictions: list[str]) -> dict[str, float]:
+  scores: dict[str, float] = {}
+  for metric_fn in task.metric_fns:
+    scores.update({k: float(v) for k, v in metric_fn(targets, predictions).items()})
+  return scores
+
+
+def _template_scores(task: seqio.Task, examples: list[EvalExample],
+                     predictions: list[str]) -> dict[str, dict[str, float]]:
+  """The task's metrics on each template's examples; empty when the examples name none."""
+  named = [ex.template is not None for ex in examples]
+  if not any(named):
+    return {}
+  if not all(named):
+    # A partial split would silently leave examples out of every template's score.
+    raise ValueError(f"task {task.name!r}: {named.count(False)} of {len(named)} examples have no template")
+  groups: dict[str, tuple[list[str], list[str]]] = {}
+  for ex, prediction in zip(examples, predictions):
+    targets, preds = groups.setdefault(ex.template, ([], []))
+    targets.append(ex.target)
+    preds.append(prediction)
+  return {name: _run_metrics(task, *groups[name]) for name in sorted(groups)}
 
 
 def score_tasks(scorer: CheckpointScorer, eval_tasks: Sequence[mixtures.EvalTask],
-                examples: dict[str, list[EvalExample]], vocab: seqio.Vocabulary) -> dict[str, dict[str, float]]:
-  """Runs every task's metrics on the scorer's predictions; one batched pass per kind."""
+                examples: dict[str, list[EvalExample]], vocab: seqio.Vocabulary,
+                length_normalization: bool = False) -> TaskResults:
+  """Runs every task's metrics on the scorer's predictions, per task and per template;
+  one batched pass per kind of task."""
+  predict = {"generation": scorer.generate,
+             "classification": functools.partial(scorer.rank_choices, length_normalization=length_normalization)}
   predictions: dict[str, list[str]] = {}
-  for kind, predict in (("generation", scorer.generate), ("classification", scorer.rank_choices)):
+  for kind in ("generation", "classification"):
     names = [t.task_name for t in eval_tasks if t.kind == kind]
     flat = [ex for name in names for ex in examples[name]]
     if not flat:
       continue
-    outputs = iter(predict(flat, vocab))
+    outputs = iter(predict[kind](flat, vocab))
     for name in names:
       predictions[name] = [next(outputs) for _ in examples[name]]
-  scores = {}
+  results = TaskResults({}, {}, predictions)
   for t in eval_tasks:
     task = seqio.get_mixture_or_task(t.task_name)
-    targets = [ex.target for ex in examples[t.task_name]]
-    scores[t.task_name] = {}
-    for metric_fn in task.metric_fns:
-      scores[t.task_name].update({k: float(v) for k, v in metric_fn(targets, predictions[t.task_name]).items()})
-  return scores
+    task_examples = examples[t.task_name]
+    results.tasks[t.task_name] = _run_metrics(task, [ex.target for ex in task_examples], predictions[t.task_name])
+    by_template = _template_scores(task, task_examples, predictions[t.task_name])
+    if by_template:
+      results.templates[t.task_name] = by_template
+  return results
+
+
+def prediction_records(eval_tasks: Sequence[mixtures.EvalTask], examples: dict[str, list[EvalExample]],
+                       predictions: dict[str, list[str]]) -> list[dict]:
+  """The lines of predictions.jsonl (format in `report`'s docstring), tasks in declared order."""
+  records = []
+  for t in eval_tasks:
+    for index, (ex, prediction) in enumerate(zip(examples[t.task_name], predictions[t.task_name])):
+      record = {"task": t.task_name, "template": ex.template, "index": index, "inputs": ex.inputs_text,
+                "targets": ex.target, "prediction": prediction}
+      if t.kind == "classification":
+        record["answer_choices"] = list(ex.answer_choices)
+      records.append(record)
+  return records
 
 
 def load_eval_set(mixture_name: str, split: str, max_examples_per_task: int, input_length: int,
@@ -157,40 +237,72 @@ def _task_info(split_decl: mixtures.HeldoutSplit, examples: dict[str, list[EvalE
                         "num_examples": len(examples[t.task_name])} for t in split_decl.eval_tasks}
 
 
+def _steps_to_evaluate(checkpointer: checkpoints.Checkpointer, step: int | None, all_steps: bool) -> list[int]:
+  if all_steps and step is not None:
+    raise ValueError(f"evaluate_heldout: step={step} and all_steps=True; give one or the other")
+  steps = checkpointer.all_steps() if all_steps else [checkpointer.latest_step() if step is None else step]
+  if not steps or steps[0] is None:
+    raise ValueError(f"no checkpoint in {checkpointer.directory}")
+  return steps
+
+
+def _write(report: dict, predictions: list[dict], out_dir: str) -> None:
+  if jax.process_index() == 0:
+    paths = report_lib.write_report(report, out_dir, predictions)
+    logging.info("wrote %s", paths)
+
+
 @gin.configurable
 def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                      vocabulary: seqio.Vocabulary | None = None, step: int | None = None, seed: int = 0,
                      split: str = "test", max_examples_per_task: int = 100, batch_size: int = 128,
                      input_length: int = 256, target_length: int = 64,
-                     out_dir: str | None = None) -> dict:
+                     out_dir: str | None = None, length_normalization: bool = False,
+                     all_steps: bool = False) -> dict:
   """Scores a checkpoint of `model_dir` (latest unless `step`) and the step-0 model on the
-  mixture's declared evaluation tasks; writes report.{json,md,png} to `model_dir/eval`."""
+  mixture's declared evaluation tasks; writes report.{json,md,png} and predictions.jsonl to
+  `out_dir` (default `model_dir/eval`).
+
+  With `all_steps`, every kept checkpoint is scored (the baseline once): each step's files go to
+  `out_dir/step_<N>/`, the latest step's to `out_dir` too, and the means of every step (the
+  baseline as step 0) to `out_dir/learning_curve.{json,png}`. Returns the latest step's report.
+  """
   split_decl, examples, vocab = load_eval_set(mixture_name, split, max_examples_per_task, input_length,
                                               vocabulary)
+  out_dir = out_dir or os.path.join(model_dir, "eval")
   mesh = partitioning.create_mesh()
   rules = partitioning.logical_axis_rules()
   checkpointer = checkpoints.Checkpointer(model_dir)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f"no checkpoint in {checkpointer.directory}")
+  steps = _steps_to_evaluate(checkpointer, step, all_steps)
+  task_info = _task_info(split_decl, examples)
+  score = functools.partial(score_tasks, eval_tasks=split_decl.eval_tasks, examples=examples, vocab=vocab,
+                            length_normalization=length_normalization)
 
-  scores_by_step, scorer = {}, None
+  reports, latest_predictions = [], []
   with state_lib.mesh_context(mesh, rules):
-    for label, load in (("trained", functools.partial(state_lib.restore_params, checkpointer, step)),
-                        ("baseline", state_lib.init_params)):
-      graphdef, params = load(model, seed, mesh, rules)
-      # Both parameter sets share one model structure, so they share compiled functions.
-      scorer = (scorer.with_params(params) if scorer else
-                CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length))
-      scores_by_step[label] = score_tasks(scorer, split_decl.eval_tasks, examples, vocab)
-      logging.info("scored %s parameters on %d tasks", label, len(examples))
+    graphdef, params = state_lib.init_params(model, seed, mesh, rules)
+    scorer = CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length)
+    baseline = score(scorer)
+    logging.info("scored the baseline parameters on %d tasks", len(examples))
+    for trained_step in steps:
+      _, params = state_lib.restore_params(checkpointer, trained_step, model, seed, mesh, rules)
+      # Every parameter set shares one model structure, so they share compiled functions.
+      scorer = scorer.with_params(params)
+      trained = score(scorer)
+      logging.info("scored step %d on %d tasks", trained_step, len(examples))
+      report = report_lib.build_report(trained_step, os.path.abspath(model_dir), trained.tasks, task_info, 0,
+                                       baseline.tasks, trained.templates, baseline.templates)
+      latest_predictions = prediction_records(split_decl.eval_tasks, examples, trained.predictions)
+      if all_steps:
+        _write(report, latest_predictions, os.path.join(out_dir, f"step_{trained_step}"))
+      reports.append(report)
 
-  report = report_lib.build_report(step, os.path.abspath(model_dir), scores_by_step["trained"],
-                                   _task_info(split_decl, examples), 0, scores_by_step["baseline"])
-  if jax.process_index() == 0:
-    paths = report_lib.write_report(report, out_dir or os.path.join(model_dir, "eval"))
+  _write(reports[-1], latest_predictions, out_dir)
+  if all_steps and jax.process_index() == 0:
+    paths = curves.write_learning_curve(curves.curve_from_reports(reports), out_dir,
+                                        title=f"{os.path.abspath(model_dir)}: {split} split")
     logging.info("wrote %s", paths)
-  return report
+  return reports[-1]
 
 
 @gin.configurable
@@ -205,13 +317,15 @@ class PeriodicEvaluator:
   def __init__(self, mixture_name: str = gin.REQUIRED, every: int = 500, split: str = "test",
                max_examples_per_task: int = 20, batch_size: int = 128, input_length: int = 256,
                target_length: int = 64, best_metric: str | None = "eval/heldout_mean",
-               best_mode: str = "max", vocabulary: seqio.Vocabulary | None = None):
+               best_mode: str = "max", vocabulary: seqio.Vocabulary | None = None,
+               length_normalization: bool = False):
     if every < 1:
       raise ValueError(f"PeriodicEvaluator.every={every}; expected a positive number of steps")
     self.mixture_name, self.every, self.split = mixture_name, every, split
     self.max_examples_per_task, self.vocabulary = max_examples_per_task, vocabulary
     self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
     self.best_metric, self.best_mode = best_metric, best_mode
+    self.length_normalization = length_normalization
     self._loaded = None
     self._scorer = None
 
@@ -227,7 +341,8 @@ class PeriodicEvaluator:
     split_decl, examples, vocab = self._loaded
     self._scorer = (self._scorer.with_params(params) if self._scorer else CheckpointScorer(
         model, graphdef, params, mesh, self.batch_size, self.input_length, self.target_length))
-    scores = score_tasks(self._scorer, split_decl.eval_tasks, examples, vocab)
+    scores = score_tasks(self._scorer, split_decl.eval_tasks, examples, vocab,
+                         length_normalization=self.length_normalization).tasks
     summary = report_lib.summarize(scores, _task_info(split_decl, examples))
     scalars = {"eval/seen_mean": summary["seen_mean"], "eval/heldout_mean": summary["heldout_mean"]}
     for side, key in (("heldout", "clusters"), ("seen", "seen_clusters")):

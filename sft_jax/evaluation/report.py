@@ -1,9 +1,29 @@
-"""Held-out evaluation report: per-cluster aggregation and `report.{json,md,png}`.
+"""Held-out evaluation report: per-cluster aggregation, `report.{json,md,png}` and predictions.
 
 A report compares a trained checkpoint with a baseline checkpoint (normally step 0)
 on the same tasks, split into held-out tasks (never trained on: the zero-shot
 generalization the run is about) and seen tasks (new instances of training tasks).
 Averages are macro averages over tasks of each task's primary metric.
+
+Tasks whose examples name their prompt template are also scored per template:
+`"templates": {task: {template: {metric: float}}}`, and aggregated over a task's templates
+(prompts) both ways the literature reports: `"template_mean": {task: float}` (FLAN: mean over
+templates) and `"template_median": {task: float}` (T0: median over prompts), each of the
+primary metric. The baseline carries the same fields.
+
+`predictions.jsonl`, written next to report.json, holds one JSON object per evaluated example
+of the trained checkpoint, tasks in the order the mixture's held-out split declares them
+and examples in their split order:
+
+  {"task": str, "template": str | null, "index": int, "inputs": str, "targets": str,
+   "prediction": str, "answer_choices": [str, ...]}
+
+`index` is the example's position among the task's evaluated examples (the first
+`max_examples_per_task` of the split, in its fixed order), so (task, index) names the same
+example in the predictions of any checkpoint evaluated with the same settings. `inputs` is
+the rendered prompt text, `template` its template's name (null when the task does not say),
+and `answer_choices` is present only for rank-classification tasks, where `prediction` is
+one of them.
 """
 
 from __future__ import annotations
@@ -11,8 +31,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import tempfile
-from typing import Any, Callable, IO, Mapping
+from typing import Any, Callable, IO, Iterable, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -21,6 +42,9 @@ from sft_jax.evaluation import metrics
 
 TASK_KINDS = ("generation", "classification")
 _SUMMARY_FIELDS = ("clusters", "seen_clusters", "heldout_mean", "seen_mean")
+TEMPLATE_FIELDS = ("templates", "template_mean", "template_median")
+PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTION_FIELDS = ("task", "template", "index", "inputs", "targets", "prediction", "answer_choices")
 
 
 # ---------------------------------------------------------------------------
@@ -70,34 +94,64 @@ def summarize(task_scores: Mapping[str, Mapping[str, float]],
   }
 
 
+TemplateScores = Mapping[str, Mapping[str, Mapping[str, float]]]  # task -> template -> metric -> value
+
+
+def aggregate_templates(template_scores: TemplateScores) -> dict[str, dict[str, float]]:
+  """Each task's primary metric over its templates: FLAN's mean and T0's median."""
+  out: dict[str, dict[str, float]] = {"template_mean": {}, "template_median": {}}
+  for task, by_template in sorted(template_scores.items()):
+    if not by_template:
+      raise ValueError(f"templates.{task}: no templates")
+    values = [metrics.primary_metric(s) for _, s in sorted(by_template.items())]
+    out["template_mean"][task] = _mean(values)
+    out["template_median"][task] = float(statistics.median(values))
+  return out
+
+
+def _plain_scores(scores: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+  # Plain dicts of floats, so the report equals its own JSON round trip.
+  return {t: {m: float(v) for m, v in s.items()} for t, s in sorted(scores.items())}
+
+
+def _scored_side(task_scores: Mapping[str, Mapping[str, float]], task_info: Mapping[str, Mapping],
+                 template_scores: TemplateScores | None) -> dict[str, Any]:
+  """The score fields one checkpoint contributes to a report (trained or baseline)."""
+  side = {"tasks": _plain_scores(task_scores), **summarize(task_scores, task_info)}
+  if template_scores is not None:
+    unknown = sorted(set(template_scores) - set(task_scores))
+    if unknown:
+      raise ValueError(f"template scores for tasks that have no task scores: {unknown}")
+    side["templates"] = {t: _plain_scores(s) for t, s in sorted(template_scores.items())}
+    side.update(aggregate_templates(template_scores))
+  return side
+
+
 def build_report(step: int,
                  model_dir: str,
                  task_scores: Mapping[str, Mapping[str, float]],
                  task_info: Mapping[str, Mapping],
                  baseline_step: int,
-                 baseline_task_scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-  """Builds the report dict for a checkpoint and its baseline, scored on the same tasks."""
+                 baseline_task_scores: Mapping[str, Mapping[str, float]],
+                 template_scores: TemplateScores | None = None,
+                 baseline_template_scores: TemplateScores | None = None) -> dict[str, Any]:
+  """Builds the report dict for a checkpoint and its baseline, scored on the same tasks.
+
+  `template_scores` (task -> template -> metrics) adds the per-template fields; tasks
+  without template names are left out of them.
+  """
   if set(baseline_task_scores) != set(task_scores):
     raise ValueError(
         "baseline and trained checkpoint must be scored on the same tasks; only trained: "
         f"{sorted(set(task_scores) - set(baseline_task_scores))}, only baseline: "
         f"{sorted(set(baseline_task_scores) - set(task_scores))}")
-
-  def plain_scores(scores: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    # Plain dicts of floats, so the report equals its own JSON round trip.
-    return {t: {m: float(v) for m, v in s.items()} for t, s in sorted(scores.items())}
-
   report = {
       "step": int(step),
       "model_dir": str(model_dir),
-      "tasks": plain_scores(task_scores),
       "task_info": {t: dict(info) for t, info in sorted(task_info.items())},
-      **summarize(task_scores, task_info),
-      "baseline": {
-          "step": int(baseline_step),
-          "tasks": plain_scores(baseline_task_scores),
-          **summarize(baseline_task_scores, task_info),
-      },
+      **_scored_side(task_scores, task_info, template_scores),
+      "baseline": {"step": int(baseline_step),
+                   **_scored_side(baseline_task_scores, task_info, baseline_template_scores)},
   }
   validate_report(report)
   return report
@@ -177,6 +231,28 @@ def _check_summary(report: Mapping, path: str) -> None:
   _check_float_map(_require(report, "seen_clusters", path), f"{path}.seen_clusters")
   _check_float(_require(report, "heldout_mean", path), f"{path}.heldout_mean")
   _check_float(_require(report, "seen_mean", path), f"{path}.seen_mean")
+  _check_templates(report, path)
+
+
+def _check_templates(report: Mapping, path: str) -> None:
+  # Optional as a group: reports written before per-template scoring have none of them.
+  present = [f for f in TEMPLATE_FIELDS if f in report]
+  if not present:
+    return
+  for field in TEMPLATE_FIELDS:
+    _require(report, field, path)
+  templates = report["templates"]
+  if not isinstance(templates, Mapping):
+    raise ValueError(f"{path}.templates: expected mapping, got {_type_name(templates)}")
+  for task, by_template in templates.items():
+    if task not in report["tasks"]:
+      raise ValueError(f"{path}.templates.{task}: not a task of {path}.tasks")
+    _check_task_scores(by_template, f"{path}.templates.{task}")
+  for field in ("template_mean", "template_median"):
+    _check_float_map(report[field], f"{path}.{field}")
+    if set(report[field]) != set(templates):
+      raise ValueError(f"{path}.{field}: names tasks {sorted(report[field])} "
+                       f"but {path}.templates has {sorted(templates)}")
 
 
 def validate_report(report: Mapping) -> None:
@@ -224,7 +300,8 @@ def _md_cell(text: object) -> str:
   return str(text).replace("|", "\\|")
 
 
-def _md_table(header: list[str], rows: list[list[object]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[object]]) -> list[str]:
+  """Lines of a Markdown table; `|` inside a cell is escaped."""
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
   lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
   return lines
@@ -243,15 +320,81 @@ def _cluster_rows(report: Mapping, key: str, heldout: bool) -> list[list[object]
   return rows
 
 
+def _task_order(report: Mapping) -> list[tuple[str, Mapping]]:
+  # Held-out tasks first: they are what the report is about.
+  return sorted(report["task_info"].items(),
+                key=lambda kv: (not kv[1]["heldout"], kv[1]["cluster"], kv[0]))
+
+
+def _split_name(heldout: bool) -> str:
+  return "held-out" if heldout else "seen"
+
+
+def _fmt_opt(x: float | None) -> str:
+  return "—" if x is None else _fmt(x)
+
+
+def _prompt_tables(report: Mapping, trained_col: str, base_col: str) -> list[str]:
+  """Markdown for the over-prompts aggregates: per cluster, then per task."""
+  base = report["baseline"]
+  templated = [(t, info) for t, info in _task_order(report) if t in report["templates"]]
+  groups: dict[tuple[bool, str], list[str]] = {}
+  for task, info in templated:
+    groups.setdefault((not info["heldout"], info["cluster"]), []).append(task)
+
+  def cluster_mean(side: Mapping, field: str, tasks: list[str]) -> float | None:
+    values = side.get(field, {})
+    return _mean([values[t] for t in tasks]) if all(t in values for t in tasks) else None
+
+  cluster_rows = []
+  for (seen, cluster), tasks in sorted(groups.items()):
+    cluster_rows.append([cluster, _split_name(not seen), len(tasks)] + [
+        _fmt_opt(cluster_mean(side, field, tasks))
+        for side in (report, base) for field in ("template_mean", "template_median")])
+  task_rows = []
+  for task, info in templated:
+    task_rows.append([task, info["cluster"], _split_name(info["heldout"]), len(report["templates"][task])] + [
+        _fmt_opt(side.get(field, {}).get(task))
+        for side in (report, base) for field in ("template_mean", "template_median")])
+  value_cols = [f"mean {trained_col}", f"median {trained_col}", f"mean {base_col}", f"median {base_col}"]
+  lines = ["", "## Over prompts", "",
+           "Each task's primary metric per template, aggregated over its templates: the mean "
+           "(as FLAN reports) and the median (as T0 reports). Cluster rows average those over "
+           "the cluster's tasks.", "", "### Clusters", ""]
+  lines += md_table(["cluster", "split", "tasks"] + value_cols, cluster_rows)
+  lines += ["", "### Tasks", ""]
+  lines += md_table(["task", "cluster", "split", "templates"] + value_cols, task_rows)
+  return lines
+
+
+def _template_tables(report: Mapping, trained_col: str, base_col: str) -> list[str]:
+  """Markdown with one table per cluster: every template of its tasks, trained vs baseline."""
+  base_templates = report["baseline"].get("templates", {})
+  lines = ["", "## Templates", ""]
+  groups: dict[tuple[bool, str], list[list[object]]] = {}
+  for task, info in _task_order(report):
+    for template, scores in sorted(report["templates"].get(task, {}).items()):
+      metric = next(m for m in metrics.PRIMARY_METRICS if m in scores)
+      base_score = base_templates.get(task, {}).get(template, {}).get(metric)
+      delta = "—" if base_score is None else _fmt_delta(scores[metric] - base_score)
+      groups.setdefault((not info["heldout"], info["cluster"]), []).append(
+          [task, template, metric, _fmt(scores[metric]), _fmt_opt(base_score), delta])
+  for (seen, cluster), rows in sorted(groups.items()):
+    lines += [f"### {cluster} ({_split_name(not seen)})", ""]
+    lines += md_table(["task", "template", "metric", trained_col, base_col, "delta"], rows)
+    lines += [""]
+  return lines[:-1]
+
+
 def render_markdown(report: Mapping) -> str:
-  """Renders a validated report as Markdown: summary, cluster tables and per-task table."""
+  """Renders a validated report as Markdown: summary, cluster, task and per-template tables."""
   base = report["baseline"]
   trained_col, base_col = f"step {report['step']}", f"baseline (step {base['step']})"
   lines = [f"# Evaluation report: step {report['step']}", "",
            f"Checkpoint: `{report['model_dir']}`", "",
            "Means are macro averages over tasks of each task's primary metric "
            f"({' / '.join(metrics.PRIMARY_METRICS)}).", "", "## Summary", ""]
-  lines += _md_table(["", trained_col, base_col, "delta"], [
+  lines += md_table(["", trained_col, base_col, "delta"], [
       ["held-out tasks mean", _fmt(report["heldout_mean"]), _fmt(base["heldout_mean"]),
        _fmt_delta(report["heldout_mean"] - base["heldout_mean"])],
       ["seen tasks mean (new instances)", _fmt(report["seen_mean"]), _fmt(base["seen_mean"]),
@@ -259,24 +402,24 @@ def render_markdown(report: Mapping) -> str:
   ])
   cluster_header = ["cluster", "tasks", trained_col, base_col, "delta"]
   lines += ["", "## Held-out clusters", ""]
-  lines += _md_table(cluster_header, _cluster_rows(report, "clusters", heldout=True))
+  lines += md_table(cluster_header, _cluster_rows(report, "clusters", heldout=True))
   lines += ["", "## Seen clusters (new instances)", ""]
-  lines += _md_table(cluster_header, _cluster_rows(report, "seen_clusters", heldout=False))
+  lines += md_table(cluster_header, _cluster_rows(report, "seen_clusters", heldout=False))
 
   task_rows = []
-  # Held-out tasks first: they are what the report is about.
-  order = sorted(report["task_info"].items(),
-                 key=lambda kv: (not kv[1]["heldout"], kv[1]["cluster"], kv[0]))
-  for task, info in order:
+  for task, info in _task_order(report):
     scores, base_scores = report["tasks"][task], base["tasks"][task]
     metric = next(m for m in metrics.PRIMARY_METRICS if m in scores)
     base_score = base_scores.get(metric, math.nan)
-    task_rows.append([task, info["cluster"], "held-out" if info["heldout"] else "seen",
+    task_rows.append([task, info["cluster"], _split_name(info["heldout"]),
                       info["kind"], metric, _fmt(scores[metric]), _fmt(base_score),
                       info["num_examples"]])
   lines += ["", "## Tasks", ""]
-  lines += _md_table(["task", "cluster", "split", "kind", "metric", trained_col, base_col, "n"],
+  lines += md_table(["task", "cluster", "split", "kind", "metric", trained_col, base_col, "n"],
                      task_rows)
+  if report.get("templates"):
+    lines += _prompt_tables(report, trained_col, base_col)
+    lines += _template_tables(report, trained_col, base_col)
   return "\n".join(lines) + "\n"
 
 
@@ -332,6 +475,74 @@ def render_png(report: Mapping, f: IO[bytes]) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------
+
+
+def validate_prediction(record: object, path: str) -> None:
+  """Raises ValueError naming the first missing, ill-typed or unknown field of a prediction record."""
+  if not isinstance(record, Mapping):
+    raise ValueError(f"{path}: expected a JSON object, got {_type_name(record)}")
+  unknown = sorted(set(record) - set(PREDICTION_FIELDS))
+  if unknown:
+    raise ValueError(f"{path}: unknown fields {unknown}; expected {list(PREDICTION_FIELDS)}")
+  for field in ("task", "inputs", "targets", "prediction"):
+    _check_str(_require(record, field, path), f"{path}.{field}")
+  template = _require(record, "template", path)
+  if template is not None:
+    _check_str(template, f"{path}.template")
+  index = _require(record, "index", path)
+  _check_int(index, f"{path}.index")
+  if index < 0:
+    raise ValueError(f"{path}.index: expected >= 0, got {index}")
+  if "answer_choices" in record:
+    choices = record["answer_choices"]
+    if not isinstance(choices, list) or not choices:
+      raise ValueError(f"{path}.answer_choices: expected a non-empty list of str")
+    for k, choice in enumerate(choices):
+      _check_str(choice, f"{path}.answer_choices[{k}]")
+
+
+def _check_predictions(records: Sequence[Mapping], tasks: Iterable[str]) -> None:
+  known, seen = set(tasks), set()
+  for k, record in enumerate(records):
+    path = f"predictions[{k}]"
+    validate_prediction(record, path)
+    if record["task"] not in known:
+      raise ValueError(f"{path}.task: {record['task']!r} is not a task of the report")
+    key = (record["task"], record["index"])
+    if key in seen:
+      raise ValueError(f"{path}: a second prediction for task {key[0]!r}, index {key[1]}")
+    seen.add(key)
+
+
+def read_predictions(path: str) -> list[dict]:
+  """The records of a predictions.jsonl file; a malformed line fails with `path:line`."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_number}: not valid JSON ({e.msg})") from e
+      try:
+        validate_prediction(record, "record")
+      except ValueError as e:
+        raise ValueError(f"{path}:{line_number}: {e}") from None
+      records.append(record)
+  return records
+
+
+def _predictions_text(records: Sequence[Mapping]) -> str:
+  # Fields in the documented order; non-ASCII prompts stay readable.
+  lines = [json.dumps({f: r[f] for f in PREDICTION_FIELDS if f in r}, ensure_ascii=False)
+           for r in records]
+  return "".join(line + "\n" for line in lines)
+
+
+# ---------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------
 
@@ -349,29 +560,43 @@ def _write_temp(out_dir: str, name: str, write: Callable[[IO[bytes]], None]) -> 
   return tmp_path
 
 
-def write_report(report: Mapping, out_dir: str) -> dict[str, str]:
-  """Validates `report`, then atomically writes report.json, .md and .png into `out_dir`."""
-  validate_report(report)
+def write_atomically(out_dir: str, writers: Mapping[str, Callable[[IO[bytes]], None]]) -> dict[str, str]:
+  """Writes each file name of `writers` in `out_dir`; returns {name: path}.
+
+  Everything is rendered before anything is replaced, so a failure (say, in plotting)
+  leaves the previous files whole rather than a new JSON next to an old plot.
+  """
   os.makedirs(out_dir, exist_ok=True)
-  json_text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
-  md_text = render_markdown(report)
-  writers: dict[str, tuple[str, Callable[[IO[bytes]], None]]] = {
-      "json": ("report.json", lambda f: f.write(json_text.encode("utf-8"))),
-      "md": ("report.md", lambda f: f.write(md_text.encode("utf-8"))),
-      "png": ("report.png", lambda f: render_png(report, f)),
-  }
-  # Render everything before replacing anything, so a failure (say, in plotting) leaves
-  # the previous report whole rather than a new JSON next to an old plot.
   temps: dict[str, str] = {}
   try:
-    for key, (name, write) in writers.items():
-      temps[key] = _write_temp(out_dir, name, write)
+    for name, write in writers.items():
+      temps[name] = _write_temp(out_dir, name, write)
   except BaseException:
     for tmp_path in temps.values():
       os.unlink(tmp_path)
     raise
   paths = {}
-  for key, (name, _) in writers.items():
-    paths[key] = os.path.join(out_dir, name)
-    os.replace(temps[key], paths[key])
+  for name in writers:
+    paths[name] = os.path.join(out_dir, name)
+    os.replace(temps[name], paths[name])
   return paths
+
+
+def write_report(report: Mapping, out_dir: str,
+                 predictions: Sequence[Mapping] | None = None) -> dict[str, str]:
+  """Validates `report` (and `predictions`), then atomically writes report.json, .md, .png
+  (and predictions.jsonl) into `out_dir`; returns their paths by kind."""
+  validate_report(report)
+  json_text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
+  md_text = render_markdown(report)
+  files: dict[str, tuple[str, Callable[[IO[bytes]], None]]] = {
+      "json": ("report.json", lambda f: f.write(json_text.encode("utf-8"))),
+      "md": ("report.md", lambda f: f.write(md_text.encode("utf-8"))),
+      "png": ("report.png", lambda f: render_png(report, f)),
+  }
+  if predictions is not None:
+    _check_predictions(predictions, report["tasks"])
+    predictions_text = _predictions_text(predictions)
+    files["predictions"] = (PREDICTIONS_FILE, lambda f: f.write(predictions_text.encode("utf-8")))
+  paths = write_atomically(out_dir, {name: write for name, write in files.values()})
+  return {key: paths[name] for key, (name, _) in files.items()}

@@ -37,10 +37,37 @@ BASELINE_SCORES = {
 }
 
 
-def _report():
+# Per-template scores of three tasks; "anli_r1" and "sort_letters" name no templates.
+# rte: three templates, mean (1 + 0.25 + 0) / 3, median 0.25. copa: four, mean 1.75 / 4 = 0.4375,
+# median (0.25 + 0.5) / 2 = 0.375. reverse_words: two, mean = median = 0.75 (exact_match, not rougeL).
+TEMPLATE_SCORES = {
+    "rte": {"t_a": {"accuracy": 1.0}, "t_b": {"accuracy": 0.25}, "t_c": {"accuracy": 0.0}},
+    "copa": {"p0": {"accuracy": 0.0}, "p1": {"accuracy": 0.25}, "p2": {"accuracy": 0.5},
+             "p3": {"accuracy": 1.0}},
+    "reverse_words": {"x": {"exact_match": 1.0, "rougeL": 0.0}, "y": {"exact_match": 0.5, "rougeL": 0.0}},
+}
+BASELINE_TEMPLATE_SCORES = {
+    "rte": {"t_a": {"accuracy": 0.5}, "t_b": {"accuracy": 0.5}, "t_c": {"accuracy": 0.5}},
+    "copa": {"p0": {"accuracy": 0.5}, "p1": {"accuracy": 0.5}, "p2": {"accuracy": 0.5},
+             "p3": {"accuracy": 0.5}},
+    "reverse_words": {"x": {"exact_match": 0.0, "rougeL": 0.1}, "y": {"exact_match": 0.0, "rougeL": 0.1}},
+}
+PREDICTIONS = [
+    {"task": "copa", "template": "p0", "index": 0, "inputs": "The man fell. Why?\nOPTIONS:\n- tripped\n- ate",
+     "targets": "tripped", "prediction": "ate", "answer_choices": ["tripped", "ate"]},
+    {"task": "reverse_words", "template": "x", "index": 0, "inputs": "Reverse: ab cd", "targets": "cd ab",
+     "prediction": "cd ab"},
+    {"task": "sort_letters", "template": None, "index": 3, "inputs": "Sort: cba — ünïcode",
+     "targets": "abc", "prediction": "abc"},
+]
+
+
+def _report(templates=False):
   return report_lib.build_report(
       step=300, model_dir="runs/qs", task_scores=TASK_SCORES, task_info=TASK_INFO,
-      baseline_step=0, baseline_task_scores=BASELINE_SCORES)
+      baseline_step=0, baseline_task_scores=BASELINE_SCORES,
+      template_scores=TEMPLATE_SCORES if templates else None,
+      baseline_template_scores=BASELINE_TEMPLATE_SCORES if templates else None)
 
 
 def test_summarize_hand_computed():
@@ -176,3 +203,110 @@ def test_write_report_failure_while_plotting_leaves_previous_report(tmp_path, mo
   with open(paths["json"]) as f:
     assert f.read() == before
   assert sorted(os.listdir(tmp_path)) == ["report.json", "report.md", "report.png"]
+
+
+# ---- per-template scores ----------------------------------------------------------------------
+
+
+def test_aggregate_templates_flan_mean_and_t0_median_hand_computed():
+  agg = report_lib.aggregate_templates(TEMPLATE_SCORES)
+  assert agg["template_mean"] == {"copa": 0.4375, "reverse_words": 0.75, "rte": pytest.approx(1.25 / 3)}
+  assert agg["template_median"] == {"copa": 0.375, "reverse_words": 0.75, "rte": 0.25}
+
+
+def test_build_report_with_templates_schema():
+  report = _report(templates=True)
+  assert report["templates"] == TEMPLATE_SCORES
+  assert report["template_median"] == {"copa": 0.375, "reverse_words": 0.75, "rte": 0.25}
+  base = report["baseline"]
+  assert base["templates"] == BASELINE_TEMPLATE_SCORES
+  assert base["template_mean"] == {"copa": 0.5, "reverse_words": 0.0, "rte": 0.5}
+  assert base["template_median"] == base["template_mean"]
+  # The per-task scores and the task-level means are those of the report without templates.
+  plain = _report()
+  for key in ("tasks", "clusters", "seen_clusters", "heldout_mean", "seen_mean"):
+    assert report[key] == plain[key]
+  assert json.loads(json.dumps(report)) == report
+  with pytest.raises(ValueError, match="template scores for tasks that have no task scores: \\['boolq'\\]"):
+    report_lib.build_report(300, "runs/qs", TASK_SCORES, TASK_INFO, 0, BASELINE_SCORES,
+                            {**TEMPLATE_SCORES, "boolq": {"t": {"accuracy": 1.0}}})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("template_median"), "report.template_median: missing"),
+    (lambda r: r["baseline"].pop("templates"), "report.baseline.templates: missing"),
+    (lambda r: r["templates"].update(boolq={"t": {"accuracy": 1.0}}), "report.templates.boolq: not a task"),
+    (lambda r: r["templates"]["rte"].update(t_d={"rougeL": 1.0}), "report.templates.rte.t_d: no primary metric"),
+    (lambda r: r["templates"]["rte"]["t_a"].update(accuracy="1"),
+     "report.templates.rte.t_a.accuracy: expected float, got str"),
+    (lambda r: r["template_mean"].pop("rte"), "report.template_mean: names tasks \\['copa', 'reverse_words'\\]"),
+])
+def test_validate_report_checks_template_fields(edit, message):
+  report = copy.deepcopy(_report(templates=True))
+  edit(report)
+  with pytest.raises(ValueError, match=message):
+    report_lib.validate_report(report)
+
+
+def test_markdown_per_template_and_per_cluster_tables():
+  md = report_lib.render_markdown(_report(templates=True))
+  value_cols = "mean step 300 | median step 300 | mean baseline (step 0) | median baseline (step 0)"
+  assert f"| cluster | split | tasks | {value_cols} |" in md
+  # Cluster rows average the tasks' template means and medians: nli holds rte alone.
+  assert "| commonsense | held-out | 1 | 0.438 | 0.375 | 0.500 | 0.500 |" in md
+  assert "| nli | held-out | 1 | 0.417 | 0.250 | 0.500 | 0.500 |" in md
+  assert "| string_ops | seen | 1 | 0.750 | 0.750 | 0.000 | 0.000 |" in md
+  assert f"| task | cluster | split | templates | {value_cols} |" in md
+  assert "| copa | commonsense | held-out | 4 | 0.438 | 0.375 | 0.500 | 0.500 |" in md
+  # One table per cluster, every template of its tasks with its primary metric.
+  assert "### nli (held-out)" in md and "### string_ops (seen)" in md
+  assert "| rte | t_b | accuracy | 0.250 | 0.500 | -0.250 |" in md
+  assert "| reverse_words | y | exact_match | 0.500 | 0.000 | +0.500 |" in md
+  template_rows = [line for line in md.split("## Templates")[1].splitlines() if line.startswith("| ")
+                   and not line.startswith("| task")]
+  assert len(template_rows) == 3 + 4 + 2
+  # A report without templates has none of these sections.
+  assert "## Templates" not in report_lib.render_markdown(_report())
+
+
+# ---- predictions ------------------------------------------------------------------------------
+
+
+def test_write_report_with_predictions(tmp_path):
+  report = _report(templates=True)
+  paths = report_lib.write_report(report, str(tmp_path), PREDICTIONS)
+  assert paths["predictions"] == str(tmp_path / "predictions.jsonl")
+  assert sorted(os.listdir(tmp_path)) == ["predictions.jsonl", "report.json", "report.md", "report.png"]
+  with open(paths["predictions"], encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  # One object per line, fields in the documented order, text unescaped.
+  assert lines[1] == ('{"task": "reverse_words", "template": "x", "index": 0, "inputs": "Reverse: ab cd", '
+                      '"targets": "cd ab", "prediction": "cd ab"}')
+  assert '"template": null' in lines[2] and "ünïcode" in lines[2]
+  assert [list(json.loads(line)) for line in lines][0] == list(report_lib.PREDICTION_FIELDS)
+  assert report_lib.read_predictions(paths["predictions"]) == PREDICTIONS
+  with open(paths["json"]) as f:
+    assert json.load(f) == report
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p[0].pop("index"), "predictions\\[0\\].index: missing"),
+    (lambda p: p[1].update(task="boolq"), "predictions\\[1\\].task: 'boolq' is not a task of the report"),
+    (lambda p: p[2].update(task="reverse_words", index=0), "a second prediction for task 'reverse_words', index 0"),
+    (lambda p: p[0].update(answer_choices=[]), "predictions\\[0\\].answer_choices: expected a non-empty list"),
+    (lambda p: p[1].update(score=1.0), "predictions\\[1\\]: unknown fields \\['score'\\]"),
+    (lambda p: p[1].update(index=True), "predictions\\[1\\].index: expected int, got bool"),
+])
+def test_write_report_rejects_bad_predictions_and_writes_nothing(tmp_path, edit, message):
+  predictions = copy.deepcopy(PREDICTIONS)
+  edit(predictions)
+  with pytest.raises(ValueError, match=message):
+    report_lib.write_report(_report(), str(tmp_path), predictions)
+  assert os.listdir(tmp_path) == []
+
+
+def test_read_predictions_names_file_and_line(tmp_path):
+  path = tmp_path / "predictions.jsonl"
+  path.write_text(json.dumps(PREDICTIONS[1]) + "\n" + '{"task": "copa", "template": null}\n')
+  with pytest.raises(ValueError, match="predictions\\.jsonl:2: record\\.inputs: missing"):
+    report_lib.read_predictions(str(path))
