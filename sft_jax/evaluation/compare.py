@@ -30,10 +30,6 @@ def load_report(path: str) -> dict:
   return report
 
 
-def _primary(scores: Mapping[str, float]) -> str:
-  return next(m for m in metrics.PRIMARY_METRICS if m in scores)
-
-
 def _delta(a: float | None, b: float | None) -> float | None:
   return None if a is None or b is None else b - a
 
@@ -43,7 +39,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
   common = sorted(set(a["tasks"]) & set(b["tasks"]))
   tasks = []
   for task in common:
-    metric_a, metric_b = _primary(a["tasks"][task]), _primary(b["tasks"][task])
+    metric_a, metric_b = metrics.primary_metric_name(a["tasks"][task]), metrics.primary_metric_name(b["tasks"][task])
     if metric_a != metric_b:
       raise ValueError(f"task {task!r}: primary metric is {metric_a} in A but {metric_b} in B")
     info = a["task_info"][task]

@@ -5,7 +5,7 @@ import it, so it must not pull in JAX, TensorFlow or any other part of sft_jax.
 All scores are fractions in [0, 1], with one exception: `superni_metrics` reports
 percentages in [0, 100], the scale of the official Super-NaturalInstructions script, so
 its numbers compare directly with published Super-NI results. Do not average them with
-fraction-scale scores (see `primary_metric`).
+fraction-scale scores: `primary_metric` brings a task's ranking metric to [0, 1].
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import functools
 import string
 from typing import Any, Mapping, Sequence
 
-# The metric a task is ranked by, in order of preference: generation tasks report
-# exact match, rank-classification tasks report accuracy.
-PRIMARY_METRICS = ("exact_match", "accuracy")
+# The metric a task is ranked by, in order of preference: Super-NI tasks report ROUGE-L (the
+# paper's headline metric), other generation tasks exact match, rank-classification tasks
+# accuracy.
+PRIMARY_METRICS = ("rougeL", "exact_match", "accuracy")
+# Metrics reported in percent; `primary_metric` divides them by 100 so means mix scales safely.
+PERCENT_METRICS = frozenset({"rougeL"})
 
 
 def _check_pairs(targets: Sequence[str], predictions: Sequence[str]) -> None:
@@ -101,15 +104,20 @@ def superni_metrics(targets: Sequence[Sequence[str] | str],
   return {"exact_match": round(100.0 * em_total / n, 4), "rougeL": round(100.0 * rouge_total / n, 4)}
 
 
-def primary_metric(scores: Mapping[str, float]) -> float:
-  """Returns the first metric of `PRIMARY_METRICS` present in `scores`.
-
-  The value keeps the scale its metric function reported: a task scored by `superni_metrics`
-  yields a percentage, so macro averages across tasks are only meaningful when every task
-  in them uses the same scale.
-  """
+def primary_metric_name(scores: Mapping[str, float]) -> str:
+  """Returns the first metric of `PRIMARY_METRICS` present in `scores`."""
   for name in PRIMARY_METRICS:
     if name in scores:
-      return float(scores[name])
+      return name
   raise ValueError(
       f"no primary metric in scores {sorted(scores)}; expected one of {list(PRIMARY_METRICS)}")
+
+
+def primary_metric(scores: Mapping[str, float]) -> float:
+  """Returns a task's ranking metric on the [0, 1] scale (percent metrics divided by 100).
+
+  Reports average this value over tasks, so a Super-NI task (ROUGE-L in percent) and a
+  synthetic task (exact match as a fraction) enter a mean on the same footing.
+  """
+  name = primary_metric_name(scores)
+  return float(scores[name]) / (100.0 if name in PERCENT_METRICS else 1.0)

@@ -374,7 +374,7 @@ def _template_tables(report: Mapping, trained_col: str, base_col: str) -> list[s
   groups: dict[tuple[bool, str], list[list[object]]] = {}
   for task, info in _task_order(report):
     for template, scores in sorted(report["templates"].get(task, {}).items()):
-      metric = next(m for m in metrics.PRIMARY_METRICS if m in scores)
+      metric = metrics.primary_metric_name(scores)
       base_score = base_templates.get(task, {}).get(template, {}).get(metric)
       delta = "—" if base_score is None else _fmt_delta(scores[metric] - base_score)
       groups.setdefault((not info["heldout"], info["cluster"]), []).append(
@@ -393,7 +393,8 @@ def render_markdown(report: Mapping) -> str:
   lines = [f"# Evaluation report: step {report['step']}", "",
            f"Checkpoint: `{report['model_dir']}`", "",
            "Means are macro averages over tasks of each task's primary metric "
-           f"({' / '.join(metrics.PRIMARY_METRICS)}).", "", "## Summary", ""]
+           f"({' / '.join(metrics.PRIMARY_METRICS)}; ROUGE-L, reported in percent, enters means "
+           "divided by 100).", "", "## Summary", ""]
   lines += md_table(["", trained_col, base_col, "delta"], [
       ["held-out tasks mean", _fmt(report["heldout_mean"]), _fmt(base["heldout_mean"]),
        _fmt_delta(report["heldout_mean"] - base["heldout_mean"])],
@@ -409,7 +410,7 @@ def render_markdown(report: Mapping) -> str:
   task_rows = []
   for task, info in _task_order(report):
     scores, base_scores = report["tasks"][task], base["tasks"][task]
-    metric = next(m for m in metrics.PRIMARY_METRICS if m in scores)
+    metric = metrics.primary_metric_name(scores)
     base_score = base_scores.get(metric, math.nan)
     task_rows.append([task, info["cluster"], _split_name(info["heldout"]),
                       info["kind"], metric, _fmt(scores[metric]), _fmt(base_score),

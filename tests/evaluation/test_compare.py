@@ -19,7 +19,7 @@ def _info(cluster, heldout, kind="classification"):
 REPORT_A = {
     "step": 1000, "model_dir": "runs/a",
     "tasks": {"nli_1": {"accuracy": 0.5}, "nli_2": {"accuracy": 0.25}, "cs": {"accuracy": 0.75},
-              "reverse": {"exact_match": 0.5, "rougeL": 0.9}, "old": {"exact_match": 0.0}},
+              "reverse": {"exact_match": 0.5, "bleu": 0.9}, "old": {"exact_match": 0.0}},
     "task_info": {"nli_1": _info("nli", True), "nli_2": _info("nli", True), "cs": _info("commonsense", True),
                   "reverse": _info("string_ops", False, "generation"),
                   "old": _info("legacy", False, "generation")},
@@ -29,7 +29,7 @@ REPORT_A = {
 REPORT_B = {
     "step": 2000, "model_dir": "runs/b",
     "tasks": {"nli_1": {"accuracy": 0.75}, "nli_2": {"accuracy": 0.25}, "cs": {"accuracy": 0.5},
-              "reverse": {"exact_match": 1.0, "rougeL": 0.1}, "new": {"accuracy": 0.25}},
+              "reverse": {"exact_match": 1.0, "bleu": 0.1}, "new": {"accuracy": 0.25}},
     "task_info": {"nli_1": _info("nli", True), "nli_2": _info("nli", True), "cs": _info("commonsense", True),
                   "reverse": _info("string_ops", False, "generation"), "new": _info("qa", True)},
     "clusters": {"commonsense": 0.5, "nli": 0.5, "qa": 0.25}, "seen_clusters": {"string_ops": 1.0},

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import seqio
 
 from sft_jax.data import mixtures
 from sft_jax.data.collections import synthetic, synthetic_tasks, synthetic_vocab
-from sft_jax.evaluation import evaluator, score_file
+from sft_jax.evaluation import evaluator, metrics, report, score_file
 from sft_jax.models import hf_io, t5
 from sft_jax.train import partitioning
 from sft_jax.train import state as state_lib
@@ -99,6 +100,33 @@ def test_score_tasks_per_template_hand_computed():
   examples[gen][1].template = None
   with pytest.raises(ValueError, match="1 of 4 examples have no template"):
     evaluator.score_tasks(scorer, eval_tasks, examples, synthetic_vocab.vocabulary())
+
+
+def test_superni_metrics_through_the_evaluator_equal_the_official_definitions():
+  name = "test_superni_style_task"
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(lambda split, shuffle_files: None, splits=["test"]),
+        output_features={"targets": seqio.Feature(synthetic_vocab.vocabulary())},
+        metric_fns=[metrics.superni_metrics])
+  gen = synthetic.TASK_PREFIX + "add_one"
+  eval_tasks = [mixtures.EvalTask(name, "superni", True, "generation"),
+                mixtures.EvalTask(gen, "arithmetic", False, "generation")]
+  targets = ["The cat sat.", "running fast", "yes", "no answer"]
+  outputs = ["the cat  sat", "runs fast today", "", "No answer!"]
+  examples = {name: [_example(name, k, None, t) for k, t in enumerate(targets)],
+              gen: [_example(gen, 0, None, "4")]}
+  table = {f"{name} q{k}": o for k, o in enumerate(outputs)} | {f"{gen} q0": "4"}
+  results = evaluator.score_tasks(_TableScorer(table), eval_tasks, examples, synthetic_vocab.vocabulary())
+  # Official normalization (lowercase, no punctuation, single spaces; articles kept): 1, 0, 0, 1.
+  # ROUGE-L F on Porter-stemmed tokens: "the cat sat" 1; "run fast" vs "run fast todai": P 2/3, R 1,
+  # F 0.8; "" vs "yes": 0; "no answer" 1. Mean x100.
+  assert results.tasks[name] == {"exact_match": 50.0, "rougeL": 70.0}
+  built = report.build_report(7, "/m", results.tasks,
+                              {name: {"cluster": "superni", "heldout": True, "kind": "generation", "num_examples": 4},
+                               gen: {"cluster": "arithmetic", "heldout": False, "kind": "generation", "num_examples": 1}},
+                              0, results.tasks)
+  assert built["heldout_mean"] == pytest.approx(0.7) and built["seen_mean"] == 1.0
 
 
 def test_rank_classification_equals_argmax_over_score_file_logliks(tmp_path):

@@ -48,15 +48,18 @@ def test_length_mismatch_raises(fn):
     fn(["a", "b"], ["a"])
 
 
-def test_primary_metric_prefers_exact_match():
-  assert metrics.PRIMARY_METRICS == ("exact_match", "accuracy")
-  assert metrics.primary_metric({"rougeL": 0.9, "exact_match": 0.25, "accuracy": 0.75}) == 0.25
+def test_primary_metric_order_and_scale():
+  assert metrics.PRIMARY_METRICS == ("rougeL", "exact_match", "accuracy")
+  assert metrics.primary_metric({"exact_match": 0.25, "accuracy": 0.75}) == 0.25
   assert metrics.primary_metric({"accuracy": 0.75}) == 0.75
+  # ROUGE-L is reported in percent and ranks first; means take it on the [0, 1] scale.
+  assert metrics.primary_metric_name({"rougeL": 45.0, "exact_match": 50.0}) == "rougeL"
+  assert metrics.primary_metric({"rougeL": 45.0, "exact_match": 50.0}) == 0.45
 
 
 def test_primary_metric_missing_raises_with_names():
   with pytest.raises(ValueError, match="rougeL.*exact_match"):
-    metrics.primary_metric({"rougeL": 0.9})
+    metrics.primary_metric({"bleu": 0.9})
 
 
 def test_module_imports_no_jax_tf_or_sft_jax():
@@ -161,6 +164,8 @@ def test_superni_bad_references_raise():
     metrics.superni_metrics([], [])
 
 
-def test_primary_metric_of_superni_scores_is_exact_match_percentage():
+def test_primary_metric_of_superni_scores_is_rouge_l_fraction():
   scores = metrics.superni_metrics([["a red car", "crimson"], ["nope", "Yes"]], ["red car", "yes"])
-  assert metrics.primary_metric(scores) == 50.0
+  # "red car" vs "a red car": LCS 2, precision 1, recall 2/3, F 0.8; "yes" vs "Yes": F 1.
+  assert scores == {"exact_match": 50.0, "rougeL": 90.0}
+  assert metrics.primary_metric(scores) == pytest.approx(0.9)

@@ -25,32 +25,32 @@ TASK_SCORES = {
     "anli_r1": {"accuracy": 0.5},
     "rte": {"accuracy": 0.75},
     "copa": {"accuracy": 0.25},
-    "reverse_words": {"exact_match": 1.0, "rougeL": 0.2},
-    "sort_letters": {"exact_match": 0.5, "rougeL": 0.9},
+    "reverse_words": {"exact_match": 1.0, "bleu": 0.2},
+    "sort_letters": {"exact_match": 0.5, "bleu": 0.9},
 }
 BASELINE_SCORES = {
     "anli_r1": {"accuracy": 0.25},
     "rte": {"accuracy": 0.5},
     "copa": {"accuracy": 0.5},
-    "reverse_words": {"exact_match": 0.0, "rougeL": 0.1},
-    "sort_letters": {"exact_match": 0.0, "rougeL": 0.3},
+    "reverse_words": {"exact_match": 0.0, "bleu": 0.1},
+    "sort_letters": {"exact_match": 0.0, "bleu": 0.3},
 }
 
 
 # Per-template scores of three tasks; "anli_r1" and "sort_letters" name no templates.
 # rte: three templates, mean (1 + 0.25 + 0) / 3, median 0.25. copa: four, mean 1.75 / 4 = 0.4375,
-# median (0.25 + 0.5) / 2 = 0.375. reverse_words: two, mean = median = 0.75 (exact_match, not rougeL).
+# median (0.25 + 0.5) / 2 = 0.375. reverse_words: two, mean = median = 0.75 (exact_match, not bleu).
 TEMPLATE_SCORES = {
     "rte": {"t_a": {"accuracy": 1.0}, "t_b": {"accuracy": 0.25}, "t_c": {"accuracy": 0.0}},
     "copa": {"p0": {"accuracy": 0.0}, "p1": {"accuracy": 0.25}, "p2": {"accuracy": 0.5},
              "p3": {"accuracy": 1.0}},
-    "reverse_words": {"x": {"exact_match": 1.0, "rougeL": 0.0}, "y": {"exact_match": 0.5, "rougeL": 0.0}},
+    "reverse_words": {"x": {"exact_match": 1.0, "bleu": 0.0}, "y": {"exact_match": 0.5, "bleu": 0.0}},
 }
 BASELINE_TEMPLATE_SCORES = {
     "rte": {"t_a": {"accuracy": 0.5}, "t_b": {"accuracy": 0.5}, "t_c": {"accuracy": 0.5}},
     "copa": {"p0": {"accuracy": 0.5}, "p1": {"accuracy": 0.5}, "p2": {"accuracy": 0.5},
              "p3": {"accuracy": 0.5}},
-    "reverse_words": {"x": {"exact_match": 0.0, "rougeL": 0.1}, "y": {"exact_match": 0.0, "rougeL": 0.1}},
+    "reverse_words": {"x": {"exact_match": 0.0, "bleu": 0.1}, "y": {"exact_match": 0.0, "bleu": 0.1}},
 }
 PREDICTIONS = [
     {"task": "copa", "template": "p0", "index": 0, "inputs": "The man fell. Why?\nOPTIONS:\n- tripped\n- ate",
@@ -236,7 +236,7 @@ def test_build_report_with_templates_schema():
     (lambda r: r.pop("template_median"), "report.template_median: missing"),
     (lambda r: r["baseline"].pop("templates"), "report.baseline.templates: missing"),
     (lambda r: r["templates"].update(boolq={"t": {"accuracy": 1.0}}), "report.templates.boolq: not a task"),
-    (lambda r: r["templates"]["rte"].update(t_d={"rougeL": 1.0}), "report.templates.rte.t_d: no primary metric"),
+    (lambda r: r["templates"]["rte"].update(t_d={"bleu": 1.0}), "report.templates.rte.t_d: no primary metric"),
     (lambda r: r["templates"]["rte"]["t_a"].update(accuracy="1"),
      "report.templates.rte.t_a.accuracy: expected float, got str"),
     (lambda r: r["template_mean"].pop("rte"), "report.template_mean: names tasks \\['copa', 'reverse_words'\\]"),
