@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sft_jax.inference import decoding
 from sft_jax.inference import scoring
 from sft_jax.models import attention
 from sft_jax.models import layers
@@ -349,59 +350,6 @@ class DecoderTransformer(nnx.Module):
     return self._head(self.decoder_norm(x_Bx1xD))[:, 0, :], tuple(new_cache)
 
 
-def left_align(tokens_BxP: jax.Array, mask_BxP: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Moves each row's contiguous run of real tokens (mask != 0) to the end of the row.
-
-  Then every prompt ends at the same slot, so all rows write the same cache slot per decoding
-  step, whether the caller padded left or right.
-  """
-  length = tokens_BxP.shape[1]
-  mask_BxP = mask_BxP != 0
-  count_B = jnp.sum(mask_BxP, axis=1)
-  first_B = jnp.argmax(mask_BxP, axis=1)  # 0 for an empty row, which stays all padding
-  slot_P = jnp.arange(length)
-  pad_B = length - count_B
-  source_BxP = jnp.clip(first_B[:, None] + slot_P[None, :] - pad_B[:, None], 0, length - 1)
-  aligned_mask_BxP = slot_P[None, :] >= pad_B[:, None]
-  aligned_BxP = jnp.where(aligned_mask_BxP, jnp.take_along_axis(tokens_BxP, source_BxP, axis=1), 0)
-  return aligned_BxP, aligned_mask_BxP.astype(jnp.int32)
-
-
-def greedy_decode(module: DecoderTransformer, prompt_BxP: jax.Array, prompt_mask_BxP: jax.Array, *,
-                  max_decode_length: int, eos_ids: Sequence[int]) -> jax.Array:
-  """Argmax continuation [B, max_decode_length] int32 of each prompt; EOS kept, 0 after it."""
-  batch, prompt_len = prompt_BxP.shape
-  prompt_BxP, mask_BxP = left_align(prompt_BxP, prompt_mask_BxP)
-  positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
-  max_len = prompt_len + max_decode_length
-  logits_BxV, cache = module.prefill(prompt_BxP, mask_BxP, positions_BxP, max_len)
-  kv_valid_BxL = jnp.pad(mask_BxP, ((0, 0), (0, max_decode_length)))
-  next_position_B = jnp.sum(mask_BxP, axis=1).astype(jnp.int32)
-  eos_E = jnp.asarray(eos_ids, jnp.int32)
-
-  def emit(step, logits_BxV, out_BxT, done_B):
-    token_B = jnp.where(done_B, 0, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
-    out_BxT = jax.lax.dynamic_update_slice(out_BxT, token_B[:, None], (0, step))
-    return token_B, out_BxT, done_B | jnp.any(token_B[:, None] == eos_E[None, :], axis=1)
-
-  def cond_fn(carry):
-    step, _, _, _, _, done_B = carry
-    return (step < max_decode_length) & ~jnp.all(done_B)
-
-  def body_fn(carry):
-    step, token_B, cache, kv_valid_BxL, out_BxT, done_B = carry
-    index = prompt_len + step - 1  # the slot of the token emitted at step - 1
-    kv_valid_BxL = jax.lax.dynamic_update_slice(kv_valid_BxL, jnp.ones((batch, 1), jnp.int32), (0, index))
-    logits_BxV, cache = module.decode_step(token_B, index, next_position_B + step - 1, cache, kv_valid_BxL)
-    token_B, out_BxT, done_B = emit(step, logits_BxV, out_BxT, done_B)
-    return step + 1, token_B, cache, kv_valid_BxL, out_BxT, done_B
-
-  out_BxT = jnp.zeros((batch, max_decode_length), jnp.int32)
-  token_B, out_BxT, done_B = emit(0, logits_BxV, out_BxT, jnp.zeros((batch,), bool))
-  init = (jnp.asarray(1, jnp.int32), token_B, cache, kv_valid_BxL, out_BxT, done_B)
-  return jax.lax.while_loop(cond_fn, body_fn, init)[4]
-
-
 # -- t5x-style model interface -------------------------------------------------------------------
 
 Batch = Mapping[str, jax.Array]
@@ -416,7 +364,8 @@ def pairs_to_decoder_only(batch: Batch, bos_id: int | None = None) -> dict[str, 
   """
   inputs_BxS, targets_BxT = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
   input_mask = batch.get("encoder_segment_ids")
-  inputs_BxS, input_mask_BxS = left_align(inputs_BxS, inputs_BxS != 0 if input_mask is None else input_mask)
+  inputs_BxS, input_mask_BxS = decoding.left_align(
+      inputs_BxS, inputs_BxS != 0 if input_mask is None else input_mask)
   if bos_id is not None:
     ones_Bx1 = jnp.ones((inputs_BxS.shape[0], 1), jnp.int32)
     inputs_BxS = jnp.concatenate([ones_Bx1 * bos_id, inputs_BxS.astype(jnp.int32)], axis=1)
@@ -484,17 +433,20 @@ class DecoderOnlyModel:
     return scoring.sequence_log_likelihood(
         self._logits(module, batch), batch["decoder_target_tokens"], losses.target_weights(batch))
 
-  def predict_batch(self, module: DecoderTransformer, batch: Batch,
-                    max_decode_length: int) -> jax.Array:
-    """Greedy continuations [B, max_decode_length] int32 of the prompts; EOS kept, 0 after it.
+  def predict_batch(self, module: DecoderTransformer, batch: Batch, max_decode_length: int,
+                    decode_config: decoding.DecodeConfig | None = None,
+                    rng: jax.Array | None = None) -> jax.Array:
+    """Continuations [B, max_decode_length] int32 of the prompts; the end token is kept, 0 after it.
 
     The prompt is `decoder_input_tokens` (or `encoder_input_tokens`), padded left or right;
     its real tokens are those with a non-zero segment id, or without segment ids the non-zero ones.
+    `decode_config` picks greedy (the default), sampling (with `rng`) or beam search (best beam).
     """
     key = "encoder_input_tokens" if "encoder_input_tokens" in batch else "decoder_input_tokens"
     prompt_BxP = batch[key]
     mask_BxP = batch.get(key.replace("input_tokens", "segment_ids"))
     if mask_BxP is None:
       mask_BxP = prompt_BxP != 0
-    return greedy_decode(module, prompt_BxP, mask_BxP, max_decode_length=max_decode_length,
-                         eos_ids=self.eos_ids)
+    config = decoding.resolve_config(decode_config, max_decode_length, self.eos_ids)
+    tokens_BxT = decoding.decoder_only_generate(module, prompt_BxP, mask_BxP, config=config, rng=rng)
+    return decoding.pad_to_length(tokens_BxT, max_decode_length)

@@ -436,9 +436,15 @@ class EncoderDecoderModel:
     return scoring.sequence_log_likelihood(
         logits_BxTxV, batch["decoder_target_tokens"], losses.target_weights(batch))
 
-  def predict_batch(self, module: T5Transformer, batch: Batch,
-                    max_decode_length: int) -> jax.Array:
-    """Greedy decodes [B, max_decode_length] int32; EOS is kept, positions after it are 0."""
-    return decoding.greedy_decode(
+  def predict_batch(self, module: T5Transformer, batch: Batch, max_decode_length: int,
+                    decode_config: decoding.DecodeConfig | None = None,
+                    rng: jax.Array | None = None) -> jax.Array:
+    """Decodes [B, max_decode_length] int32; the end token is kept, positions after it are 0.
+
+    `decode_config` picks greedy (the default), sampling (with `rng`) or beam search (best beam).
+    """
+    config = decoding.resolve_config(decode_config, max_decode_length, (self.eos_id,))
+    tokens_BxT = decoding.encoder_decoder_generate(
         module, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
-        batch.get("encoder_positions"), max_decode_length=max_decode_length, eos_id=self.eos_id)
+        batch.get("encoder_positions"), config=config, rng=rng)
+    return decoding.pad_to_length(tokens_BxT, max_decode_length)
