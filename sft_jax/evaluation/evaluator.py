@@ -32,7 +32,7 @@ from sft_jax.data import mixtures, packing
 from sft_jax.data.vocabularies import EOS_ID
 from sft_jax.evaluation import curves, metrics
 from sft_jax.evaluation import report as report_lib
-from sft_jax.inference import batching
+from sft_jax.inference import batching, decoding
 from sft_jax.train import checkpoints, partitioning
 from sft_jax.train import state as state_lib
 
@@ -82,15 +82,18 @@ class CheckpointScorer:
   """Jitted decoding and scoring for one set of parameters, with fixed batch shapes."""
 
   def __init__(self, model: Any, graphdef: Any, params: Any, mesh: jax.sharding.Mesh,
-               batch_size: int, input_length: int, target_length: int):
+               batch_size: int, input_length: int, target_length: int,
+               decode_config: decoding.DecodeConfig | None = None, decode_seed: int = 0):
     self._params, self._mesh = params, mesh
+    self.decode_config, self.decode_seed = decode_config, decode_seed
     self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
     self.layout = getattr(model, "feature_layout", "encoder_decoder")
     self.bos_id = packing.packer_bos_id(getattr(model, "bos_id", 0))  # decoder rows' start token
     # Where a generation ends: any of the model's end tokens (an imported Llama has several).
     eos = getattr(model, "eos_ids", None) or (getattr(model, "eos_id", EOS_ID),)
     self.eos_ids = np.asarray(eos, np.int32)
-    self._predict = jax.jit(lambda p, b: model.predict_batch(nnx.merge(graphdef, p), b, target_length))
+    self._predict = jax.jit(lambda p, b, key: model.predict_batch(nnx.merge(graphdef, p), b, target_length,
+                                                                  decode_config, key))
     self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
 
   def with_params(self, params: Any) -> "CheckpointScorer":
@@ -108,9 +111,16 @@ class CheckpointScorer:
         bos_id=self.bos_id if self.layout == "decoder_only" else None)
 
   def generate(self, examples: list[EvalExample], vocab: seqio.Vocabulary) -> list[str]:
-    """Greedy continuations of each example's prompt, as strings (EOS and after dropped)."""
+    """Continuations of each example's prompt (greedy unless `decode_config` says otherwise), as
+    strings (EOS and after dropped). Sampling draws batch k with `fold_in(key(decode_seed), k)`,
+    so a rerun over the same examples gives the same text."""
     dummy = np.array([vocab.eos_id], np.int32)
-    tokens = self._run(self._predict, [(ex.inputs, dummy) for ex in examples], prompt_only=True)
+    base_key, batch_index = jax.random.key(self.decode_seed), iter(range(len(examples) + 1))
+
+    def predict(params, batch):
+      return self._predict(params, batch, jax.random.fold_in(base_key, next(batch_index)))
+
+    tokens = self._run(predict, [(ex.inputs, dummy) for ex in examples], prompt_only=True)
     texts = []
     for row in tokens:
       ends = np.flatnonzero(np.isin(row, self.eos_ids))
@@ -252,13 +262,19 @@ def _write(report: dict, predictions: list[dict], out_dir: str) -> None:
     logging.info("wrote %s", paths)
 
 
+# Generation settings from gin: `evaluate_heldout.decode_config = @decoding.DecodeConfig()`, then
+# e.g. `decoding.DecodeConfig.method = 'beam'`.
+gin.external_configurable(decoding.DecodeConfig, module="decoding")
+
+
 @gin.configurable
 def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQUIRED, model: Any = gin.REQUIRED,
                      vocabulary: seqio.Vocabulary | None = None, step: int | None = None, seed: int = 0,
                      split: str = "test", max_examples_per_task: int = 100, batch_size: int = 128,
                      input_length: int = 256, target_length: int = 64,
                      out_dir: str | None = None, length_normalization: bool = False,
-                     all_steps: bool = False) -> dict:
+                     all_steps: bool = False, decode_config: decoding.DecodeConfig | None = None,
+                     decode_seed: int = 0) -> dict:
   """Scores a checkpoint of `model_dir` (latest unless `step`) and the step-0 model on the
   mixture's declared evaluation tasks; writes report.{json,md,png} and predictions.jsonl to
   `out_dir` (default `model_dir/eval`).
@@ -281,7 +297,8 @@ def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQU
   reports, latest_predictions = [], []
   with state_lib.mesh_context(mesh, rules):
     graphdef, params = state_lib.init_params(model, seed, mesh, rules)
-    scorer = CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length)
+    scorer = CheckpointScorer(model, graphdef, params, mesh, batch_size, input_length, target_length,
+                              decode_config, decode_seed)
     baseline = score(scorer)
     logging.info("scored the baseline parameters on %d tasks", len(examples))
     for trained_step in steps:
@@ -318,7 +335,8 @@ class PeriodicEvaluator:
                max_examples_per_task: int = 20, batch_size: int = 128, input_length: int = 256,
                target_length: int = 64, best_metric: str | None = "eval/heldout_mean",
                best_mode: str = "max", vocabulary: seqio.Vocabulary | None = None,
-               length_normalization: bool = False):
+               length_normalization: bool = False, decode_config: decoding.DecodeConfig | None = None,
+               decode_seed: int = 0):
     if every < 1:
       raise ValueError(f"PeriodicEvaluator.every={every}; expected a positive number of steps")
     self.mixture_name, self.every, self.split = mixture_name, every, split
@@ -326,6 +344,7 @@ class PeriodicEvaluator:
     self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
     self.best_metric, self.best_mode = best_metric, best_mode
     self.length_normalization = length_normalization
+    self.decode_config, self.decode_seed = decode_config, decode_seed
     self._loaded = None
     self._scorer = None
 
@@ -340,7 +359,8 @@ class PeriodicEvaluator:
                                    self.input_length, self.vocabulary)
     split_decl, examples, vocab = self._loaded
     self._scorer = (self._scorer.with_params(params) if self._scorer else CheckpointScorer(
-        model, graphdef, params, mesh, self.batch_size, self.input_length, self.target_length))
+        model, graphdef, params, mesh, self.batch_size, self.input_length, self.target_length,
+        self.decode_config, self.decode_seed))
     scores = score_tasks(self._scorer, split_decl.eval_tasks, examples, vocab,
                          length_normalization=self.length_normalization).tasks
     summary = report_lib.summarize(scores, _task_info(split_decl, examples))

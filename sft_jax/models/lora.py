@@ -359,8 +359,10 @@ class LoRAModel:
   def score_batch(self, module: nnx.Module, batch: Any) -> jax.Array:
     return self.base.score_batch(module, batch)
 
-  def predict_batch(self, module: nnx.Module, batch: Any, max_decode_length: int) -> jax.Array:
-    return self.base.predict_batch(module, batch, max_decode_length)
+  def predict_batch(self, module: nnx.Module, batch: Any, max_decode_length: int,
+                    decode_config: Any = None, rng: jax.Array | None = None) -> jax.Array:
+    """The base model's decoding (greedy unless `decode_config` says otherwise) through the adapters."""
+    return self.base.predict_batch(module, batch, max_decode_length, decode_config, rng)
 
 
 def is_lora(model: Any) -> bool:

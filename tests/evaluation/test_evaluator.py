@@ -2,6 +2,7 @@
 
 import json
 
+import gin
 import numpy as np
 import pytest
 import seqio
@@ -9,6 +10,7 @@ import seqio
 from sft_jax.data import mixtures
 from sft_jax.data.collections import synthetic, synthetic_tasks, synthetic_vocab
 from sft_jax.evaluation import evaluator, metrics, report, score_file
+from sft_jax.inference import decoding
 from sft_jax.models import hf_io, t5
 from sft_jax.train import partitioning
 from sft_jax.train import state as state_lib
@@ -36,6 +38,38 @@ def test_with_params_scores_exactly_like_a_scorer_built_for_those_params():
     np.testing.assert_array_equal(b_shared, b_fresh)
     assert not np.allclose(a, b_shared)  # the other parameters were really used
     assert shared_b.generate(examples, vocab) == fresh_b.generate(examples, vocab)
+
+
+def test_decode_config_reaches_generation_and_sampling_is_seeded():
+  mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
+  examples = evaluator.load_examples(synthetic.TASK_PREFIX + "reverse_list", "test", 6)
+  vocab = synthetic_vocab.vocabulary()
+  with state_lib.mesh_context(mesh, rules):
+    graphdef, params = state_lib.init_params(TINY, 0, mesh, rules)
+
+    def texts(config, seed=0):
+      scorer = evaluator.CheckpointScorer(TINY, graphdef, params, mesh, 4, 64, 8, config, seed)
+      return scorer.generate(examples, vocab)
+
+    greedy = texts(None)
+    # Temperature 0 samples the argmax; a one-beam search is greedy too.
+    assert texts(decoding.DecodeConfig(method="sample", temperature=0.0)) == greedy
+    assert texts(decoding.DecodeConfig(method="beam", num_beams=1)) == greedy
+    hot = decoding.DecodeConfig(method="sample", temperature=5.0)
+    assert texts(hot, 3) == texts(hot, 3)
+    assert texts(hot, 3) != texts(hot, 4) != greedy
+
+
+def test_decode_config_from_gin():
+  with gin.unlock_config():
+    gin.parse_config(["import sft_jax.evaluation.evaluator",
+                      "evaluate_heldout.decode_config = @decoding.DecodeConfig()",
+                      "decoding.DecodeConfig.method = 'beam'", "decoding.DecodeConfig.num_beams = 3"])
+  try:
+    config = gin.query_parameter("evaluate_heldout.decode_config").scoped_configurable_fn()
+    assert config == decoding.DecodeConfig(method="beam", num_beams=3)
+  finally:
+    gin.clear_config()
 
 
 def test_load_examples_keep_template_and_prompt_text():
