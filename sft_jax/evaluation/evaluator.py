@@ -47,6 +47,13 @@ class EvalExample:
   answer_choices: tuple[str, ...]
   template: str | None = None  # the name of the template that rendered the prompt, if the task says
   inputs_text: str = ""  # the rendered prompt before tokenization
+  # What the task's metrics receive as this example's target: the task's `postprocess_fn` applied
+  # to it as seqio does (e.g. every reference of a Super-NI instance); `target` when it has none.
+  metric_target: Any = None
+
+  def __post_init__(self):
+    if self.metric_target is None:
+      self.metric_target = self.target
 
 
 def load_examples(task_name: str, split: str, max_examples: int) -> list[EvalExample]:
@@ -62,8 +69,9 @@ def load_examples(task_name: str, split: str, max_examples: int) -> list[EvalExa
       inputs_text = ex["inputs_pretokenized"].decode()
     else:  # a task that keeps no text copy: the prompt as its own vocabulary reads it
       inputs_text = task.output_features["inputs"].vocabulary.decode(ex["inputs"].tolist())
-    out.append(EvalExample(task_name, ex["inputs"], ex["targets_pretokenized"].decode(), choices,
-                           template, inputs_text))
+    target = ex["targets_pretokenized"].decode()
+    metric_target = task.postprocess_fn(target, example=ex, is_target=True) if task.postprocess_fn else target
+    out.append(EvalExample(task_name, ex["inputs"], target, choices, template, inputs_text, metric_target))
   if not out:
     raise ValueError(f"task {task_name!r} has no examples in split {split!r}")
   return out
@@ -180,7 +188,7 @@ def _template_scores(task: seqio.Task, examples: list[EvalExample],
   groups: dict[str, tuple[list[str], list[str]]] = {}
   for ex, prediction in zip(examples, predictions):
     targets, preds = groups.setdefault(ex.template, ([], []))
-    targets.append(ex.target)
+    targets.append(ex.metric_target)
     preds.append(prediction)
   return {name: _run_metrics(task, *groups[name]) for name in sorted(groups)}
 
@@ -205,7 +213,7 @@ def score_tasks(scorer: CheckpointScorer, eval_tasks: Sequence[mixtures.EvalTask
   for t in eval_tasks:
     task = seqio.get_mixture_or_task(t.task_name)
     task_examples = examples[t.task_name]
-    results.tasks[t.task_name] = _run_metrics(task, [ex.target for ex in task_examples], predictions[t.task_name])
+    results.tasks[t.task_name] = _run_metrics(task, [ex.metric_target for ex in task_examples], predictions[t.task_name])
     by_template = _template_scores(task, task_examples, predictions[t.task_name])
     if by_template:
       results.templates[t.task_name] = by_template

@@ -119,7 +119,9 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   logging.info("mesh %s", dict(mesh.shape))
 
   # ---- Refuse bad configurations before anything is written ---------------------
-  mixtures.check_no_heldout_in_training(mixture_or_task_name)
+  # Also against the suite this run is evaluated on, when that is another mixture's split.
+  eval_mixtures = [periodic_eval.mixture_name] if getattr(periodic_eval, "mixture_name", None) else []
+  mixtures.check_no_heldout_in_training(mixture_or_task_name, eval_mixtures=eval_mixtures)
   if batch_size % num_microbatches:
     raise ValueError(f"train.batch_size={batch_size} is not divisible by train.num_microbatches={num_microbatches}")
   if hasattr(model, "config"):

@@ -218,3 +218,31 @@ def test_bad_checkouts_fail_naming_file_and_line(tmp_path):
   (tmp_path / "task012_nocat.json").write_text(json.dumps({"Definition": ["d"], "Instances": []}))
   with pytest.raises(ValueError, match=r"task012_nocat.json: Categories: expected a non-empty list"):
     superni.read_categories(str(tmp_path / "task012_nocat.json"))
+
+
+class _FixedScorer:
+  """Returns the given generations in order, as a CheckpointScorer would for these examples."""
+
+  def __init__(self, outputs):
+    self.outputs = outputs
+
+  def generate(self, examples, vocab):
+    return self.outputs[:len(examples)]
+
+  def rank_choices(self, examples, vocab, length_normalization=False):
+    raise AssertionError("no classification task here")
+
+
+def test_evaluator_scores_every_reference_with_the_official_metric(checkout):
+  from sft_jax.evaluation import evaluator  # evaluation sits above data: imported here only
+  name = superni.task_name(ENTAIL)
+  examples = evaluator.load_examples(name, "test", 3)
+  # The metric sees all of an instance's references; the target text is one of them.
+  assert [ex.metric_target for ex in examples] == [["no", "No.", "false"], ["yes"], ["no"]]
+  assert all(ex.target in ex.metric_target for ex in examples)
+  eval_task = mixtures.EvalTask(name, "Textual Entailment", True, "generation")
+  vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+  results = evaluator.score_tasks(_FixedScorer(["False", "no", "No!"]), [eval_task], {name: examples}, vocab)
+  # "False" matches the third reference of the first instance only after normalization; "no" is
+  # wrong for the second; "No!" normalizes to "no". ROUGE-L F is 1, 0, 1 on the same pairs.
+  assert results.tasks[name] == {"exact_match": pytest.approx(66.6667), "rougeL": pytest.approx(66.6667)}
