@@ -29,9 +29,11 @@ setuptools.setup(
         "safetensors>=0.4",  # Hugging Face checkpoints in and out, without torch
         "ml_dtypes>=0.5",  # bfloat16 safetensors as numpy arrays
     ],
-    package_data={"sft_jax.data.collections": ["*.spm.model"]},
+    package_data={"sft_jax.data.collections": ["*.spm.model", "t0_templates/**/templates.yaml"]},
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0", "lm_eval>=0.4.13,<0.5"],
+        # tools/cache_tasks.py. Beam needs protobuf < 7; sentencepiece 0.2.3's generated code needs >= 7.
+        "beam": ["apache-beam[tfrecord]>=2.77", "sentencepiece>=0.2.0,<0.2.3"],
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # tools/run_lm_eval.py, sft_jax.evaluation.lm_eval_adapter
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],

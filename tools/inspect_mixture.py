@@ -4,6 +4,11 @@
   python tools/inspect_mixture.py --file_task=mine=data/alpaca.jsonl:alpaca -n 3
   python tools/inspect_mixture.py --file_task=chat=data/chat.jsonl:messages \
       --chat_template=chatml --tokenizer=path/to/hf_model_dir
+  python tools/inspect_mixture.py --module=sft_jax.data.collections.t0 --mixture=t0_train --mock_data
+
+--mock_data replaces every TFDS dataset by random examples of its features (tfds.testing.mock_data):
+a TFDS mixture's templates, tokens, counts and packing can be checked before anything is downloaded.
+The text is random letters and every split holds --mock_examples examples.
 """
 
 import argparse
@@ -37,15 +42,20 @@ def main(argv: list[str]) -> None:
                       help="a split without a declared size that outlasts this many examples is unlimited")
   parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                       help="colour loss-weighted tokens instead of wrapping them in [[...]]")
+  parser.add_argument("--mock_data", action="store_true",
+                      help="random examples in place of every TFDS dataset (no download); see above")
+  parser.add_argument("--mock_examples", type=int, default=inspection.MOCK_EXAMPLES,
+                      help="examples per split of each mocked TFDS dataset")
   args = parser.parse_args(argv)
   file_tasks = inspection.register_inputs(args.module, args.file_task, args.chat_template, args.tokenizer)
   if args.mixture is None and len(file_tasks) != 1:
     parser.error("--mixture is required unless exactly one --file_task is given")
   color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-  print(inspection.inspect(
-      args.mixture or file_tasks[0], args.split, args.n, seed=args.seed, batch_size=args.batch_size,
-      input_length=args.input_length, target_length=args.target_length, num_batches=args.num_batches,
-      count_limit=args.count_limit, decoder_only=args.decoder_only, color=color))
+  with inspection.mock_tfds(args.mock_data, args.mock_examples):
+    print(inspection.inspect(
+        args.mixture or file_tasks[0], args.split, args.n, seed=args.seed, batch_size=args.batch_size,
+        input_length=args.input_length, target_length=args.target_length, num_batches=args.num_batches,
+        count_limit=args.count_limit, decoder_only=args.decoder_only, color=color))
 
 
 if __name__ == "__main__":

@@ -9,19 +9,24 @@
   - what best-fit packing makes of the first few batches: examples per row, the share of
     token slots holding real tokens, and how many examples had to be truncated.
 The examples and the packed batches come from one stream, the one the trainer reads.
+
+`mock_tfds()` replaces every TFDS dataset by random examples of its features, so a TFDS
+mixture's templates, tokenization and packing can be checked before anything is downloaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import itertools
 from concurrent import futures
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from sft_jax.data import mixtures, packing, pipeline, vocabularies
 from sft_jax.data.collections import files
@@ -33,6 +38,13 @@ _GREEN, _RESET = "\x1b[32m", "\x1b[0m"
 _ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})
 # Counting is tf.data overhead per example; a few tasks at once overlap it.
 _COUNT_THREADS = 4
+# Tasks counted at once now: one while TFDS is mocked (see mock_tfds).
+_count_threads = _COUNT_THREADS
+# Random examples per split of a mocked TFDS dataset.
+MOCK_EXAMPLES = 16
+# Integer features of mocked examples are drawn below this (class labels below their number of
+# classes), so that a label stored as a plain integer still indexes a short list of choices.
+_MOCK_MAX_INT = 4
 
 Example = Mapping[str, np.ndarray]
 
@@ -157,7 +169,7 @@ def _task_count_line(name: str, split: str, limit: int) -> tuple[int | None, int
 def format_counts(mixture_or_task_name: str, split: str, limit: int = 1000) -> str:
   """Per-task example counts of `split`; unlimited streams also show their validation count."""
   names = mixtures.training_task_names(mixture_or_task_name)
-  with futures.ThreadPoolExecutor(_COUNT_THREADS) as pool:
+  with futures.ThreadPoolExecutor(_count_threads) as pool:
     results = list(pool.map(lambda name: _task_count_line(name, split, limit), names))
   width = max(len(name) for name in names)
   lines = [f"=== example counts ({split})"]
@@ -231,6 +243,27 @@ def format_packing(mixture_or_task_name: str, split: str, *, batch_size: int, in
 
 
 # ----- Everything -----
+
+
+@contextlib.contextmanager
+def mock_tfds(enabled: bool = True, num_examples: int = MOCK_EXAMPLES) -> Iterator[None]:
+  """While active, every TFDS dataset yields `num_examples` random examples of its features, per split.
+
+  `tfds.testing.mock_data`: nothing is downloaded or prepared, and the text is random letters.
+  With `enabled=False` it changes nothing.
+  """
+  global _count_threads
+  if not enabled:
+    yield
+    return
+  # mock_data swaps a fake file system in and out around every dataset it opens, which
+  # breaks datasets opened from several threads at once.
+  _count_threads = 1
+  try:
+    with tfds.testing.mock_data(num_examples=num_examples, max_value=_MOCK_MAX_INT):
+      yield
+  finally:
+    _count_threads = _COUNT_THREADS
 
 
 def register_inputs(modules: Sequence[str] = (), file_task_flags: Sequence[str] = (),

@@ -15,6 +15,9 @@ lengths), an over-long prompt keeping at least its last `input_length` tokens.
 The position in the stream is the number of batches emitted; since the stream and the
 packer are deterministic given the seed, restoring a position replays the stream to
 exactly the batch the interrupted run would have produced next.
+
+Tasks cached offline (tools/cache_tasks.py) are read from their cache when it is found in a
+seqio cache directory, e.g. one bound in gin: `cached_task_dirs.dirs = ['gs://bucket/cache']`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import queue
 import threading
 from typing import Callable, Iterator, Mapping, Sequence
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -31,11 +35,36 @@ import tensorflow as tf
 from sft_jax.data import packing
 
 
+@gin.configurable
+def cached_task_dirs(dirs: Sequence[str] = ()) -> tuple[str, ...]:
+  """Directories searched for offline-cached tasks (written by tools/cache_tasks.py); none by default."""
+  return tuple(dirs)
+
+
+def use_cached(mixture_or_task_name: str) -> bool:
+  """True when the tasks are cached: a cached task is read from its cache, never preprocessed again.
+
+  A mixture is read from the cache as a whole, so when some of its cacheable tasks are cached
+  every one must be (tasks that cannot be cached are preprocessed as they are read).
+  """
+  seqio.add_global_cache_dirs(list(cached_task_dirs()))
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  cacheable = [task for task in tasks if task.supports_caching]
+  cached = [task.name for task in cacheable if task.cache_dir]
+  missing = [task.name for task in cacheable if not task.cache_dir]
+  if cached and missing:
+    raise ValueError(f"{mixture_or_task_name}: tasks {cached} are cached but {missing} are not; cache "
+                     "them too (tools/cache_tasks.py) or remove the cache directory")
+  return bool(cached)
+
+
 def get_dataset(mixture_or_task_name: str, **kwargs) -> tf.data.Dataset:
-  """seqio's get_dataset for a task or a mixture, keeping `*_pretokenized` for both."""
+  """seqio's get_dataset for a task or a mixture, keeping `*_pretokenized` for both, from the cache when cached."""
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   if isinstance(provider, seqio.Mixture):
     kwargs.setdefault("copy_pretokenized", True)
+  kwargs.setdefault("use_cached", use_cached(mixture_or_task_name))
   return provider.get_dataset(**kwargs)
 
 

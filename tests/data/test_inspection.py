@@ -6,6 +6,9 @@ import importlib.util
 import itertools
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import seqio
@@ -22,7 +25,8 @@ ALPACA = [
     {"instruction": "Upper", "output": "X"},
     {"instruction": "Say hi", "output": "hi there"},
 ]
-TOOL = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "inspect_mixture.py")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TOOL = os.path.join(REPO, "tools", "inspect_mixture.py")
 
 
 @pytest.fixture
@@ -136,3 +140,17 @@ def test_tool_inspects_a_file_given_on_the_command_line(tmp_path, capsys):
   assert out.startswith("=== inspect_test.cli (train): first 1 example\n")
   assert "  inspect_test.cli  3\n" in out
   assert "  batch 0: 2 rows, 3 examples (1.50 per row), 40/80 token slots filled (50.0%)\n" in out
+
+
+def test_tool_inspects_a_tfds_mixture_on_mock_data():
+  # A fresh process: TFDS mocking and the T0 registrations stay out of this one.
+  args = [sys.executable, TOOL, "--module=sft_jax.data.collections.t0", "--mixture=t0_train", "--mock_data",
+          "--mock_examples=4", "-n", "1", "--batch_size=2", "--num_batches=1", "--color=never"]
+  done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = done.stdout
+  assert out.startswith("=== t0_train (train): first 1 example\n")
+  # 18 TFDS datasets, each mocked with 4 raw examples.
+  assert re.search(r"^  t0\.glue\.mrpc +4$", out, re.MULTILINE) and "  total over 18 tasks: 72\n" in out
+  assert "=== packing (BestFitPacker, batch_size 2, input_length 256, target_length 64)\n  batch 0: 2 rows" in out
