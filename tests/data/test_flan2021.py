@@ -148,16 +148,19 @@ def test_leave_one_cluster_out(cluster):
     mixtures.check_no_heldout_in_training(flan2021.MIXTURE_NAME, eval_mixtures=[name])
 
 
-def test_flan2022_mix_weights_collections_and_checks_them():
+def test_flan2022_mix_weights_collections_and_checks_them(monkeypatch):
   name = "test_flan2021_collection"
+  # A collection whose module was not imported: named so no other test can have registered it.
+  monkeypatch.setitem(flan2021.COLLECTION_MODULES, "test_unimported_collection", "some.collection_module")
   mixtures.register_mixture(name, ["flan2021.rte", "flan2021.cb"])
   try:
     mix = flan2021.register_flan2022_mix({flan2021.MIXTURE_NAME: 4.0, name: 1.0}, name="test_flan2022_mix")
     rte = seqio.get_mixture_or_task("flan2021.rte")
     assert mix.get_rate(seqio.get_mixture_or_task(flan2021.MIXTURE_NAME)) == pytest.approx(0.8)
     assert rte in mix.tasks
-    with pytest.raises(ValueError, match="t0.*MIXTURE_MODULES"):
-      flan2021.register_flan2022_mix({flan2021.MIXTURE_NAME: 4.0, "t0_train": 3.0}, name="test_flan2022_bad")
+    with pytest.raises(ValueError, match="some.collection_module.*MIXTURE_MODULES"):
+      flan2021.register_flan2022_mix({flan2021.MIXTURE_NAME: 4.0, "test_unimported_collection": 3.0},
+                                     name="test_flan2022_bad")
     importlib.import_module("sft_jax.data.collections.synthetic")  # its own SentencePiece vocabulary
     with pytest.raises(ValueError, match="different vocabularies"):
       flan2021.register_flan2022_mix({flan2021.MIXTURE_NAME: 1.0, "synthetic_instructions": 1.0},
