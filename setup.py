@@ -2,6 +2,8 @@
 
 import setuptools
 
+BEAM = ["apache-beam[tfrecord]>=2.77", "sentencepiece>=0.2.0,<0.2.3"]
+
 setuptools.setup(
     name="sft_jax",
     version="0.1.0",
@@ -31,9 +33,11 @@ setuptools.setup(
     ],
     package_data={"sft_jax.data.collections": ["*.spm.model", "t0_templates/**/templates.yaml"]},
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0", "lm_eval>=0.4.13,<0.5"],
         # tools/cache_tasks.py. Beam needs protobuf < 7; sentencepiece 0.2.3's generated code needs >= 7.
-        "beam": ["apache-beam[tfrecord]>=2.77", "sentencepiece>=0.2.0,<0.2.3"],
+        # (0.2.1 to 0.2.3 train byte-identical models: tests/data/test_synthetic_vocab.py checks it.)
+        "beam": BEAM,
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "transformers>=5.0", "torch==2.13.0", "lm_eval>=0.4.13,<0.5",
+                 *BEAM],
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # tools/run_lm_eval.py, sft_jax.evaluation.lm_eval_adapter
         "gpu": ["jax[cuda12]>=0.10.2"],
         "tpu": ["jax[tpu]>=0.10.2"],

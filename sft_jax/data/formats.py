@@ -4,6 +4,12 @@ A canonical example is single-turn `{"inputs": str, "targets": str}` or chat
 `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`,
 plus `answer_choices`, `task` and `id` when the source has them.
 
+A canonical preference pair, for DPO, is `{"prompt": str | [messages], "chosen": str,
+"rejected": str}`: the prompt is a single-turn string or the conversation before the
+compared reply (chat messages ending with a user turn), chosen and rejected are the
+preferred and the dispreferred assistant reply; plus `task` and `id` when the source
+has them.
+
 Files are JSON or JSONL, plain or gzip-compressed (recognised by the gzip magic
 bytes, so the file name does not matter). A record file whose first non-blank
 character is `[` is read as one JSON list of records; any other file is JSONL,
@@ -21,17 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import gzip
 import itertools
 import json
 import logging
 import os
+import re
 import zlib
 from typing import Any, Callable, Iterator
 
 FORMATS: tuple[str, ...] = ("superni", "alpaca", "dolly", "oasst", "sharegpt", "messages",
                             "prompt_completion")
 OASST_PATHS: tuple[str, ...] = ("best", "all")
+PREFERENCE_FORMATS: tuple[str, ...] = ("preference", "hh", "oasst_pairs")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -40,6 +49,9 @@ _MESSAGE_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
                    "assistant": "assistant"}
 _OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+# An HH-RLHF turn starts with "\n\nHuman: " or "\n\nAssistant: "; the space is not part of the text.
+_HH_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant): ?")
 _TYPE_NAMES = {str: "string", int: "int", float: "float", bool: "bool", list: "list", dict: "object",
                type(None): "null"}
 _EXPECTED = {str: "a string", list: "a list", dict: "an object", (str, int): "a string or an int",
@@ -159,13 +171,19 @@ def _get_strings(obj: dict, key: str, at: str = "", *, default: Any = _REQUIRED)
   return values
 
 
-def _optional_fields(record: dict) -> dict:
-  """The `id`, `task` and `answer_choices` a record carries, checked; absent ones are left out."""
+def _id_and_task(record: dict) -> dict:
+  """The `id` and `task` a record carries, checked; absent ones are left out."""
   fields = {}
   if (id_ := _get(record, "id", (str, int), default=None)) is not None:
     fields["id"] = str(id_)
   if (task := _get(record, "task", str, default=None)) is not None:
     fields["task"] = task
+  return fields
+
+
+def _optional_fields(record: dict) -> dict:
+  """The `id`, `task` and `answer_choices` a record carries, checked; absent ones are left out."""
+  fields = _id_and_task(record)
   if (choices := _get_strings(record, "answer_choices", default=None)) is not None:
     fields["answer_choices"] = list(choices)
   return fields
@@ -199,8 +217,9 @@ def _parse_prompt_completion(record: dict) -> dict:
           **_optional_fields(record)}
 
 
-def _parse_chat(record: dict, list_key: str, role_key: str, content_key: str, roles: dict[str, str]) -> dict:
-  """Reads a list of turns; the last assistant turn is the target and must not be empty."""
+def _chat_turns(record: dict, list_key: str, role_key: str, content_key: str,
+                roles: dict[str, str]) -> list[dict]:
+  """The list of turns `record[list_key]` as canonical messages, roles mapped through `roles`."""
   messages = []
   for i, turn in enumerate(_get(record, list_key, list)):
     at = f"{list_key}[{i}]"
@@ -208,6 +227,12 @@ def _parse_chat(record: dict, list_key: str, role_key: str, content_key: str, ro
     if role not in roles:
       raise _Invalid(_join(at, role_key), f"unknown role {role!r} (expected one of {', '.join(roles)})")
     messages.append({"role": roles[role], "content": _get(turn, content_key, str, at)})
+  return messages
+
+
+def _parse_chat(record: dict, list_key: str, role_key: str, content_key: str, roles: dict[str, str]) -> dict:
+  """Reads a list of turns; the last assistant turn is the target and must not be empty."""
+  messages = _chat_turns(record, list_key, role_key, content_key, roles)
   assistant = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
   if not assistant:
     raise _Invalid(list_key, "no assistant message")
@@ -371,7 +396,11 @@ class _FlatMessage:
   tree_id: str | None
 
 
-def _oasst_flat_trees(flat: list[_FlatMessage], paths: str) -> Iterator[dict | FormatError]:
+# Turns one rebuilt tree (its id, its root message) into examples.
+_TreeExamples = Callable[[str, _OasstMessage], list[dict]]
+
+
+def _oasst_flat_trees(flat: list[_FlatMessage], tree_examples: _TreeExamples) -> Iterator[dict | FormatError]:
   """Rebuilds the trees of the flat messages export from parent ids, replies in file order."""
   by_id: dict[str, _FlatMessage] = {}
   for entry in flat:
@@ -395,10 +424,10 @@ def _oasst_flat_trees(flat: list[_FlatMessage], paths: str) -> Iterator[dict | F
               f"parent message {entry.parent_id!r} is not connected to a root message")
       yield _Invalid("parent_id", what).at(entry.where)
   for entry in roots:
-    yield from _oasst_conversations(entry.tree_id or entry.message.message_id, entry.message, paths)
+    yield from tree_examples(entry.tree_id or entry.message.message_id, entry.message)
 
 
-def _oasst_examples(path: str, paths: str) -> Iterator[dict | FormatError]:
+def _oasst_examples(path: str, tree_examples: _TreeExamples) -> Iterator[dict | FormatError]:
   flat = []
   for where, record in _read_records(path):
     if isinstance(record, FormatError):
@@ -408,8 +437,8 @@ def _oasst_examples(path: str, paths: str) -> Iterator[dict | FormatError]:
       _check_type(record, dict, "")
       # The trees export nests messages under "prompt"; the messages export has one per record.
       if "prompt" in record or not record.keys() & {"message_id", "parent_id", "role", "text"}:
-        examples = _oasst_conversations(_get(record, "message_tree_id", str),
-                                        _oasst_tree(_get(record, "prompt", dict), "prompt"), paths)
+        examples = tree_examples(_get(record, "message_tree_id", str),
+                                 _oasst_tree(_get(record, "prompt", dict), "prompt"))
       else:
         examples = []
         flat.append(_FlatMessage(where, _oasst_message(record, ""),
@@ -419,7 +448,140 @@ def _oasst_examples(path: str, paths: str) -> Iterator[dict | FormatError]:
       yield e.at(where)
       continue
     yield from examples
-  yield from _oasst_flat_trees(flat, paths)
+  yield from _oasst_flat_trees(flat, tree_examples)
+
+
+# ----- Preference pairs: a prompt and two compared replies -----
+
+
+def _pair(record: dict, prompt: str | list[dict], chosen: str, rejected: str) -> dict:
+  # An identical pair has no preference to learn and a DPO margin of exactly zero.
+  if chosen == rejected:
+    raise _Invalid("rejected", "chosen and rejected are the same")
+  return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **_id_and_task(record)}
+
+
+def _check_prompt(messages: list[dict], key: str) -> list[dict]:
+  """A prompt conversation must end with the user turn that the compared replies answer."""
+  if not messages:
+    raise _Invalid(key, "empty list")
+  last = len(messages) - 1
+  if messages[last]["role"] != "user":
+    raise _Invalid(f"{key}[{last}].role",
+                   f"the prompt must end with a user turn, got {messages[last]['role']!r}")
+  return messages
+
+
+def _reply(messages: list[dict], key: str) -> str:
+  """The final message of a compared conversation: a non-empty assistant reply."""
+  if not messages:
+    raise _Invalid(key, "empty list")
+  last = len(messages) - 1
+  if messages[last]["role"] != "assistant":
+    raise _Invalid(f"{key}[{last}].role",
+                   f"the last message must be the assistant's reply, got {messages[last]['role']!r}")
+  if not messages[last]["content"].strip():
+    raise _Invalid(f"{key}[{last}].content", "empty target")
+  return messages[last]["content"]
+
+
+def _preference_conversations(record: dict) -> tuple[list[dict], str, str]:
+  """(prompt, chosen, rejected) of chosen/rejected message lists that end with the compared replies."""
+  chosen_turns = _chat_turns(record, "chosen", "role", "content", _MESSAGE_ROLES)
+  chosen = _reply(chosen_turns, "chosen")
+  rejected_turns = _chat_turns(record, "rejected", "role", "content", _MESSAGE_ROLES)
+  rejected = _reply(rejected_turns, "rejected")
+  # UltraFeedback repeats the prompt turns in both conversations; TRL's explicit-prompt records hold
+  # only the reply. Either way both sides must have answered the same conversation.
+  context = chosen_turns[:-1]
+  if rejected_turns[:-1] != context:
+    raise _Invalid("rejected", "messages before the reply differ from chosen's")
+  prompt = _get(record, "prompt", (str, list), default=None)
+  if prompt is None:
+    if not context:
+      raise _Invalid("prompt", "missing field, and chosen has no messages before the reply")
+    return _check_prompt(context, "chosen"), chosen, rejected
+  if isinstance(prompt, str):
+    if not context:
+      return [{"role": "user", "content": prompt}], chosen, rejected
+    _check_prompt(context, "chosen")
+    if context[-1]["content"] != prompt:
+      raise _Invalid("prompt",
+                     f"differs from the last user turn of chosen (chosen[{len(context) - 1}].content)")
+    return context, chosen, rejected
+  prompt = _check_prompt(_chat_turns(record, "prompt", "role", "content", _MESSAGE_ROLES), "prompt")
+  if context and context != prompt:
+    raise _Invalid("chosen", "messages before the reply differ from prompt")
+  return prompt, chosen, rejected
+
+
+def _parse_preference(record: dict) -> dict:
+  """TRL and UltraFeedback: a prompt and string replies, or conversations ending with the replies."""
+  if isinstance(_get(record, "chosen", (str, list)), list):
+    return _pair(record, *_preference_conversations(record))
+  prompt = _get(record, "prompt", (str, list))
+  if isinstance(prompt, list):
+    prompt = _check_prompt(_chat_turns(record, "prompt", "role", "content", _MESSAGE_ROLES), "prompt")
+  return _pair(record, prompt, _get_target(record, "chosen"), _get_target(record, "rejected"))
+
+
+def _hh_transcript(record: dict, key: str) -> tuple[list[dict], str]:
+  """Splits an HH-RLHF transcript into the conversation before its final Assistant turn and that turn."""
+  # split() gives [text before the first turn, role, text, role, text, ...].
+  parts = _HH_TURN.split(_get(record, key, str))
+  if parts[0] or len(parts) == 1 or parts[1] != "Human":
+    raise _Invalid(key, 'transcript does not start with a "Human:" turn')
+  messages = [{"role": _HH_ROLES[role], "content": text} for role, text in zip(parts[1::2], parts[2::2])]
+  if messages[-1]["role"] != "assistant":
+    raise _Invalid(key, 'transcript does not end with an "Assistant:" turn')
+  if not messages[-1]["content"].strip():
+    raise _Invalid(key, 'empty target (the final "Assistant:" turn)')
+  if messages[-2]["role"] != "user":
+    raise _Invalid(key, 'the final "Assistant:" turn does not follow a "Human:" turn')
+  return messages[:-1], messages[-1]["content"]
+
+
+def _parse_hh(record: dict) -> dict:
+  """Anthropic HH-RLHF: two full transcripts that differ only in the final Assistant turn."""
+  prompt, chosen = _hh_transcript(record, "chosen")
+  rejected_prompt, rejected = _hh_transcript(record, "rejected")
+  if rejected_prompt != prompt:
+    raise _Invalid("rejected", 'conversation before the final "Assistant:" turn differs from chosen\'s')
+  return _pair(record, prompt, chosen, rejected)
+
+
+_PREFERENCE_PARSERS: dict[str, Callable[[dict], dict]] = {
+    "preference": _parse_preference,
+    "hh": _parse_hh,
+}
+
+
+def _oasst_node_paths(node: _OasstMessage,
+                      prefix: tuple[_OasstMessage, ...] = ()) -> Iterator[tuple[_OasstMessage, ...]]:
+  """The path from the root to every message of a tree, depth first, replies in file order."""
+  path = (*prefix, node)
+  yield path
+  for reply in node.replies:
+    yield from _oasst_node_paths(reply, path)
+
+
+def _oasst_pairs(tree_id: str, root: _OasstMessage) -> list[dict]:
+  """Pairs every two ranked assistant replies to one prompter message, the lower (better) rank chosen."""
+  examples = []
+  for path in _oasst_node_paths(root):
+    if path[-1].role != "prompter":
+      continue
+    # sorted() is stable: equal ranks keep file order (and make no pair below).
+    ranked = sorted((m for m in path[-1].replies if m.role == "assistant" and m.rank is not None),
+                    key=lambda m: m.rank)
+    for i, better in enumerate(ranked):
+      for worse in ranked[i + 1:]:
+        # Equal ranks state no preference; identical texts leave DPO nothing to learn.
+        if better.rank == worse.rank or better.text == worse.text:
+          continue
+        examples.append({"prompt": [{"role": _OASST_ROLES[m.role], "content": m.text} for m in path],
+                         "chosen": better.text, "rejected": worse.text, "id": f"{tree_id}/{len(examples)}"})
+  return examples
 
 
 # ----- Entry points -----
@@ -440,6 +602,12 @@ def _checked(path: str, items: Iterator[dict | FormatError], skip_invalid: bool,
     logging.warning("skipped %d invalid records of %s; first: %s", stats.skipped, path, stats.first_error)
 
 
+def _check_exists(path: str) -> None:
+  # Checked now, not at the first next(): a typo in a path should fail where the read is set up.
+  if not os.path.exists(path):
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
 def read_examples_with_stats(path: str | os.PathLike, fmt: str, *, skip_invalid: bool = False,
                              oasst_paths: str = "best") -> tuple[Iterator[dict], ReadStats]:
   """Like `read_examples`, and also returns the ReadStats the iterator fills in as it runs."""
@@ -448,13 +616,11 @@ def read_examples_with_stats(path: str | os.PathLike, fmt: str, *, skip_invalid:
     raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
   if oasst_paths not in OASST_PATHS:
     raise ValueError(f"unknown oasst_paths {oasst_paths!r}; expected one of {', '.join(OASST_PATHS)}")
-  # Checked now, not at the first next(): a typo in a path should fail where the read is set up.
-  if not os.path.exists(path):
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+  _check_exists(path)
   if fmt == "superni":
     items = _superni_examples(path)
   elif fmt == "oasst":
-    items = _oasst_examples(path, oasst_paths)
+    items = _oasst_examples(path, functools.partial(_oasst_conversations, paths=oasst_paths))
   else:
     items = _record_examples(path, _RECORD_PARSERS[fmt])
   stats = ReadStats()
@@ -467,3 +633,25 @@ def read_examples(path: str | os.PathLike, fmt: str, *, skip_invalid: bool = Fal
   `skip_invalid`, are skipped and counted in one warning. `oasst_paths` is "best" or "all"."""
   examples, _ = read_examples_with_stats(path, fmt, skip_invalid=skip_invalid, oasst_paths=oasst_paths)
   return examples
+
+
+def read_preference_pairs_with_stats(path: str | os.PathLike, fmt: str, *,
+                                     skip_invalid: bool = False) -> tuple[Iterator[dict], ReadStats]:
+  """Like `read_preference_pairs`, and also returns the ReadStats the iterator fills in as it runs."""
+  path = os.fspath(path)
+  if fmt not in PREFERENCE_FORMATS:
+    raise ValueError(f"unknown preference format {fmt!r}; known formats: {', '.join(PREFERENCE_FORMATS)}")
+  _check_exists(path)
+  if fmt == "oasst_pairs":
+    items = _oasst_examples(path, _oasst_pairs)
+  else:
+    items = _record_examples(path, _PREFERENCE_PARSERS[fmt])
+  stats = ReadStats()
+  return _checked(path, items, skip_invalid, stats), stats
+
+
+def read_preference_pairs(path: str | os.PathLike, fmt: str, *, skip_invalid: bool = False) -> Iterator[dict]:
+  """Yields the canonical preference pairs of a `fmt` file; malformed records raise FormatError or,
+  with `skip_invalid`, are skipped and counted in one warning."""
+  pairs, _ = read_preference_pairs_with_stats(path, fmt, skip_invalid=skip_invalid)
+  return pairs

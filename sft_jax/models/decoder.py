@@ -433,6 +433,20 @@ class DecoderOnlyModel:
     return scoring.sequence_log_likelihood(
         self._logits(module, batch), batch["decoder_target_tokens"], losses.target_weights(batch))
 
+  def score_pairs(self, module: DecoderTransformer, prompts: Batch, first: Batch,
+                  second: Batch) -> tuple[jax.Array, jax.Array]:
+    """Per-row target log-likelihoods [B] of two targets per prompt (preference pairs).
+
+    `prompts` holds the `encoder_*` (prompt) features, `first` and `second` the `decoder_*`
+    target features of each side; both sides run as one batch of 2B rows, each row the prompt
+    followed by its target (a causal model reads the prompt again for every continuation).
+    """
+    rows = {**{k: jnp.concatenate([v, v]) for k, v in prompts.items()},
+            **{k: jnp.concatenate([first[k], second[k]]) for k in first}}
+    scores_2B = self.score_batch(module, rows)
+    half = scores_2B.shape[0] // 2
+    return scores_2B[:half], scores_2B[half:]
+
   def predict_batch(self, module: DecoderTransformer, batch: Batch, max_decode_length: int,
                     decode_config: decoding.DecodeConfig | None = None,
                     rng: jax.Array | None = None) -> jax.Array:

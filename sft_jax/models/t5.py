@@ -436,6 +436,30 @@ class EncoderDecoderModel:
     return scoring.sequence_log_likelihood(
         logits_BxTxV, batch["decoder_target_tokens"], losses.target_weights(batch))
 
+  def score_pairs(self, module: T5Transformer, prompts: Batch, first: Batch,
+                  second: Batch) -> tuple[jax.Array, jax.Array]:
+    """Per-row target log-likelihoods [B] of two targets per prompt (preference pairs).
+
+    The prompt is encoded once and both targets are decoded against it: `prompts` holds the
+    `encoder_*` features, `first` and `second` the `decoder_*` features of each side.
+    """
+    encoder_segment_ids = prompts.get("encoder_segment_ids")
+    if encoder_segment_ids is None:
+      encoder_segment_ids = (prompts["encoder_input_tokens"] != 0).astype(jnp.int32)
+    encoded_BxSxD = module.encode(prompts["encoder_input_tokens"], encoder_segment_ids,
+                                  prompts.get("encoder_positions"))
+
+    def side(batch: Batch) -> jax.Array:
+      segment_ids = batch.get("decoder_segment_ids")
+      if segment_ids is None:
+        segment_ids = (batch["decoder_target_tokens"] != 0).astype(jnp.int32)
+      logits_BxTxV = module.decode(encoded_BxSxD, encoder_segment_ids, batch["decoder_input_tokens"],
+                                   segment_ids, batch.get("decoder_positions"))
+      return scoring.sequence_log_likelihood(logits_BxTxV, batch["decoder_target_tokens"],
+                                             losses.target_weights(batch))
+
+    return side(first), side(second)
+
   def predict_batch(self, module: T5Transformer, batch: Batch, max_decode_length: int,
                     decode_config: decoding.DecodeConfig | None = None,
                     rng: jax.Array | None = None) -> jax.Array:
