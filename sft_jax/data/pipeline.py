@@ -10,7 +10,9 @@ to 1) and still read exactly the same batches.
 Rows follow the model's `feature_layout`: "encoder_decoder" rows have `input_length`
 encoder and `target_length` decoder slots; "decoder_only" rows concatenate prompt and
 targets into `input_length + target_length` slots (seqio's DecoderFeatureConverter
-lengths), an over-long prompt keeping at least its last `input_length` tokens.
+lengths), an over-long prompt keeping at least its last `input_length` tokens;
+"preference_pairs" rows (DPO) hold one unpacked (prompt, chosen, rejected) each, for either
+model family (sft_jax/data/preference.py).
 
 The position in the stream is the number of batches emitted; since the stream and the
 packer are deterministic given the seed, restoring a position replays the stream to
@@ -32,7 +34,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from sft_jax.data import packing
+from sft_jax.data import packing, preference
 
 
 @gin.configurable
@@ -100,7 +102,7 @@ def check_vocab_fits(mixture_or_task_name: str, model_vocab_size: int) -> None:
                        f"model's vocab_size is {model_vocab_size}; set the model's vocab_size >= {size}")
 
 
-FEATURE_LAYOUTS = ("encoder_decoder", "decoder_only")
+FEATURE_LAYOUTS = ("encoder_decoder", "decoder_only", "preference_pairs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +204,7 @@ class TrainInput:
     self._source = None
     self._start(self._checked_position(state) if state else 0)
 
-  def _new_packer(self, shard_info: seqio.ShardInfo) -> packing.BestFitPacker:
+  def _new_packer(self, shard_info: seqio.ShardInfo) -> packing.BestFitPacker | preference.PairBatcher:
     c = self.config
     rows = c.batch_size // self.data_shards
     dataset = get_dataset(
@@ -217,6 +219,9 @@ class TrainInput:
     )
     options = tf.data.Options()
     options.autotune.enabled = c.autotune
+    if c.feature_layout == "preference_pairs":  # one (prompt, chosen, rejected) per row, for DPO
+      return preference.PairBatcher(iterate_numpy(dataset.with_options(options), preference.TEXT_FEATURES),
+                                    rows, c.input_length, c.target_length)
     examples = iterate_numpy(dataset.with_options(options), ("inputs", "targets"))
     # The packer reads a whole buffer before its first row; 16 examples per row of
     # the batch spans a few batches (enough choice for dense rows) without making

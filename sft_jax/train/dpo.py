@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -40,6 +41,7 @@ SIDES = ("chosen", "rejected")
 REFERENCE_KEYS = tuple(f"reference_{side}_log_probs" for side in SIDES)
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
   """The preference loss: its form, beta (the strength of the pull towards the reference) and cDPO's eps."""

@@ -18,8 +18,8 @@ import gin
 import jax
 import numpy as np
 
-from sft_jax.data import mixtures, packing, pipeline
-from sft_jax.train import checkpoints, optimizers, partitioning
+from sft_jax.data import mixtures, packing, pipeline, preference
+from sft_jax.train import checkpoints, dpo as dpo_lib, optimizers, partitioning
 from sft_jax.train import metrics as train_metrics
 from sft_jax.train import state as state_lib
 from sft_jax.train.step import StepConfig, TrainState, train_step
@@ -96,7 +96,8 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
           keep_checkpoints: int = 3, log_every: int = 25, label_smoothing: float = 0.0,
           z_loss: float = 1e-4, loss_normalization: str = "tokens", num_microbatches: int = 1,
           input_autotune: bool = True, input_prefetch: int = 2, data_shards: int = 0,
-          init_checkpoint: str | None = None, periodic_eval: Any = None) -> TrainState:
+          init_checkpoint: str | None = None, periodic_eval: Any = None,
+          dpo: dpo_lib.DPOConfig | None = None) -> TrainState:
   """Trains `model` on a seqio mixture, resuming from the latest checkpoint in `model_dir`.
 
   `input_length` and `target_length` are the prompt and target slots of a packed row: for an
@@ -110,6 +111,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   `periodic_eval` (e.g. `evaluation.evaluator.PeriodicEvaluator`) scores the live parameters
   when its `due(step, train_steps)` says so; its scalars go to TensorBoard and into a checkpoint
   saved at that step, which is kept while it is the best by `periodic_eval.best_metric`.
+
+  With `dpo` (a `train.dpo.DPOConfig`) the run optimizes the preference loss on a mixture of
+  preference tasks (rows of prompt, chosen, rejected) instead of the SFT loss. The reference
+  model is where the run starts: `init_checkpoint`'s parameters, held frozen beside the policy,
+  or under LoRA the frozen base itself (the adapters zeroed), so no copy of it is made.
   """
   os.makedirs(model_dir, exist_ok=True)
 
@@ -139,9 +145,11 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   train_input = pipeline.TrainInput(
       pipeline.InputConfig(mixture_or_task_name, batch_size, input_length, target_length, seed=seed,
                            autotune=input_autotune, data_shards=data_shards,
-                           feature_layout=getattr(model, "feature_layout", "encoder_decoder"),
+                           feature_layout=("preference_pairs" if dpo else
+                                           getattr(model, "feature_layout", "encoder_decoder")),
                            # The decoder-only model's start token (DecoderOnlyModel.bos_id).
-                           bos_id=packing.packer_bos_id(getattr(model, "bos_id", 0))),
+                           bos_id=(None if dpo or getattr(model, "feature_layout", None) != "decoder_only"
+                                   else packing.packer_bos_id(getattr(model, "bos_id", 0)))),
       process_index=jax.process_index(), process_count=jax.process_count(), prefetch=input_prefetch,
       state=data_state)
 
@@ -153,9 +161,12 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
   adapters_only = state_lib.trains_adapters_only(model)
   if adapters_only:
     init_from = state_lib.lora_base(model, init_checkpoint)
+  elif dpo:
+    init_from = init_checkpoint  # the reference, also when the run resumes from its own checkpoint
   else:
     init_from = None if checkpointer.all_steps() else init_checkpoint
   graphdef, state = state_lib.init_train_state(model, optimizer, seed, mesh, rules, init_checkpoint=init_from)
+  reference_params = jax.tree.map(jax.numpy.copy, state.params) if dpo and not adapters_only else None
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   if adapters_only:
     state_lib.record_lora_base(model_dir, model, init_from)
@@ -175,16 +186,27 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
 
   # ---- Update step: jitted once, explicit shardings, state donated -------------
   state_shardings = state_lib.shardings_of(state)
-  step_fn = jax.jit(
-      functools.partial(train_step, StepConfig(graphdef, model, optimizer, schedule,
-                                               label_smoothing=label_smoothing, z_loss=z_loss,
-                                               loss_normalization=loss_normalization,
-                                               num_microbatches=num_microbatches,
-                                               dropout_seed=seed)),
-      in_shardings=(state_shardings, partitioning.batch_sharding(mesh)),
-      out_shardings=(state_shardings, None),
-      donate_argnums=0,
-  )
+  if dpo:
+    dpo_step_fn = jax.jit(
+        functools.partial(dpo_lib.dpo_step, dpo_lib.DPOStepConfig(graphdef, model, optimizer, schedule, dpo)),
+        in_shardings=(state_shardings, partitioning.batch_sharding(mesh),
+                      None if reference_params is None else state_shardings.params),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    step_fn = lambda state, batch: dpo_step_fn(state, batch, reference_params)  # noqa: E731
+  else:
+    step_fn = jax.jit(
+        functools.partial(train_step, StepConfig(graphdef, model, optimizer, schedule,
+                                                 label_smoothing=label_smoothing, z_loss=z_loss,
+                                                 loss_normalization=loss_normalization,
+                                                 num_microbatches=num_microbatches,
+                                                 dropout_seed=seed)),
+        in_shardings=(state_shardings, partitioning.batch_sharding(mesh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+  batch_counts = preference.batch_counts if dpo else packing.batch_counts
 
   # ---- Loop -----------------------------------------------------------------
   step = start_step
@@ -194,7 +216,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
       last_log_time = time.perf_counter()
       while step < train_steps:
         local_batch = next(train_input)
-        for k, v in packing.batch_counts(local_batch).items():
+        for k, v in batch_counts(local_batch).items():
           host[k] += v
         with state_lib.mesh_context(mesh, rules):
           state, step_metrics = step_fn(state, partitioning.global_batch(local_batch, mesh))
