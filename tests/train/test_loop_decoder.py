@@ -76,7 +76,9 @@ def test_decoder_trains_resumes_exactly_and_is_evaluated(tmp_path, short_warmup)
   straight_dir = str(tmp_path / "straight")
   straight = loop.train(model_dir=straight_dir, train_steps=8, **TRAIN)
   logged = train_metrics.read_metrics(straight_dir)
-  assert logged["loss"][8] < logged["loss"][4] - 0.3, logged["loss"]
+  # Mean loss of steps 5-8 against steps 1-4 (about 7.6 from scratch): a trainer that does not
+  # update, or updates the wrong way, stays within noise (a few hundredths) of it.
+  assert logged["loss"][8] < logged["loss"][4] - 0.2, logged["loss"]
   # Decoder-only rows: prompt and targets share input_length + target_length slots, mostly filled.
   assert 0.0 <= logged["padding_fraction"][8] < 0.3 and logged["tokens_per_second"][8] > 0
 
