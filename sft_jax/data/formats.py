@@ -461,25 +461,25 @@ def _pair(record: dict, prompt: str | list[dict], chosen: str, rejected: str) ->
   return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **_id_and_task(record)}
 
 
-def _check_prompt(messages: list[dict], key: str) -> list[dict]:
-  """A prompt conversation must end with the user turn that the compared replies answer."""
+def _check_last_role(messages: list[dict], key: str, role: str, what: str) -> int:
+  """The index of the last message, which must exist and have `role` (`what` says why)."""
   if not messages:
     raise _Invalid(key, "empty list")
   last = len(messages) - 1
-  if messages[last]["role"] != "user":
-    raise _Invalid(f"{key}[{last}].role",
-                   f"the prompt must end with a user turn, got {messages[last]['role']!r}")
+  if messages[last]["role"] != role:
+    raise _Invalid(f"{key}[{last}].role", f"{what}, got {messages[last]['role']!r}")
+  return last
+
+
+def _check_prompt(messages: list[dict], key: str) -> list[dict]:
+  """A prompt conversation must end with the user turn that the compared replies answer."""
+  _check_last_role(messages, key, "user", "the prompt must end with a user turn")
   return messages
 
 
 def _reply(messages: list[dict], key: str) -> str:
   """The final message of a compared conversation: a non-empty assistant reply."""
-  if not messages:
-    raise _Invalid(key, "empty list")
-  last = len(messages) - 1
-  if messages[last]["role"] != "assistant":
-    raise _Invalid(f"{key}[{last}].role",
-                   f"the last message must be the assistant's reply, got {messages[last]['role']!r}")
+  last = _check_last_role(messages, key, "assistant", "the last message must be the assistant's reply")
   if not messages[last]["content"].strip():
     raise _Invalid(f"{key}[{last}].content", "empty target")
   return messages[last]["content"]

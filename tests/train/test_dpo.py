@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from sft_jax.models import decoder, lora, t5
 from sft_jax.train import dpo, optimizers, partitioning
