@@ -58,7 +58,7 @@ def _batches(train_input, n):
 
 
 def test_train_input_is_deterministic_and_replays_exactly():
-  config = pipeline.InputConfig(synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3)
+  config = pipeline.InputConfig(synthetic.SMOKE_MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3)
   full = _batches(pipeline.TrainInput(config), 5)
   # Prefetched in a thread, without tf.data autotuning: the same batches.
   untuned = dataclasses.replace(config, autotune=False)
@@ -81,12 +81,12 @@ def test_train_input_is_deterministic_and_replays_exactly():
       np.testing.assert_array_equal(a[k], c[k])
       np.testing.assert_array_equal(a[k], d[k])
   other_seed = next(pipeline.TrainInput(pipeline.InputConfig(
-      synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=4)))
+      synthetic.SMOKE_MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=4)))
   assert not np.array_equal(other_seed["encoder_input_tokens"], full[0]["encoder_input_tokens"])
 
 
 def test_fixed_data_shards_give_the_same_global_batch_on_any_process_count():
-  config = pipeline.InputConfig(synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3,
+  config = pipeline.InputConfig(synthetic.SMOKE_MIXTURE_NAME, batch_size=4, input_length=128, target_length=32, seed=3,
                                 data_shards=2)
   one_process_input = pipeline.TrainInput(config)
   one_process = _batches(one_process_input, 2)

@@ -16,7 +16,7 @@ from sft_jax.train import metrics as train_metrics
 
 TINY = t5.EncoderDecoderModel(t5.T5Config(vocab_size=synthetic_vocab.VOCAB_SIZE, d_model=32, num_heads=2,
                                           head_dim=16, d_ff=64, num_encoder_layers=1, num_decoder_layers=1))
-TRAIN = dict(mixture_or_task_name=synthetic.MIXTURE_NAME, model=TINY, batch_size=4, input_length=128,
+TRAIN = dict(mixture_or_task_name=synthetic.SMOKE_MIXTURE_NAME, model=TINY, batch_size=4, input_length=128,
              target_length=32, checkpoint_every=3, log_every=3)
 
 
@@ -37,7 +37,7 @@ def _truncate_array_files(checkpoint_dir: str) -> None:
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
   straight_dir = str(tmp_path / "straight")
   # Evaluated during training with the settings of the held-out evaluation at the end.
-  periodic = evaluator.PeriodicEvaluator(synthetic.MIXTURE_NAME, every=3, max_examples_per_task=2, batch_size=64,
+  periodic = evaluator.PeriodicEvaluator(synthetic.SMOKE_MIXTURE_NAME, every=3, max_examples_per_task=2, batch_size=64,
                                          input_length=128, target_length=8)
   straight = loop.train(model_dir=straight_dir, train_steps=6, periodic_eval=periodic, **TRAIN)
   assert checkpoints.Checkpointer(straight_dir).all_steps() == [3, 6]
@@ -78,7 +78,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   # The held-out evaluation of the run writes a valid report with its step-0 baseline.
-  result = evaluator.evaluate_heldout(model_dir=straight_dir, mixture_name=synthetic.MIXTURE_NAME, model=TINY,
+  result = evaluator.evaluate_heldout(model_dir=straight_dir, mixture_name=synthetic.SMOKE_MIXTURE_NAME, model=TINY,
                                       max_examples_per_task=2, batch_size=64, input_length=128,
                                       target_length=8)
   on_disk = json.load(open(os.path.join(straight_dir, "eval", "report.json")))

@@ -20,7 +20,7 @@ from sft_jax.train import metrics as train_metrics
 TINY = decoder.DecoderOnlyModel(decoder.DecoderConfig(vocab_size=synthetic_vocab.VOCAB_SIZE, d_model=32,
                                                       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                                                       d_ff=64))
-TRAIN = dict(mixture_or_task_name=synthetic.MIXTURE_NAME, model=TINY, batch_size=4, input_length=64,
+TRAIN = dict(mixture_or_task_name=synthetic.SMOKE_MIXTURE_NAME, model=TINY, batch_size=4, input_length=64,
              target_length=16, checkpoint_every=4, log_every=4)
 
 
@@ -90,7 +90,7 @@ def test_decoder_trains_resumes_exactly_and_is_evaluated(tmp_path, short_warmup)
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-  result = evaluator.evaluate_heldout(model_dir=straight_dir, mixture_name=synthetic.MIXTURE_NAME, model=TINY,
+  result = evaluator.evaluate_heldout(model_dir=straight_dir, mixture_name=synthetic.SMOKE_MIXTURE_NAME, model=TINY,
                                       max_examples_per_task=2, batch_size=32, input_length=64, target_length=8)
   on_disk = json.load(open(os.path.join(straight_dir, "eval", "report.json")))
   report.validate_report(on_disk)

@@ -106,13 +106,13 @@ def test_lora_run_learns_resumes_and_saves_only_adapters(tmp_path, capsys):
   saver.close()
 
   model = lora.LoRAModel(TINY, targets=("query", "value", "out", "wo"), rank=4, alpha=8.0)
-  train = dict(mixture_or_task_name=synthetic.MIXTURE_NAME, model=model, batch_size=8, input_length=128,
+  train = dict(mixture_or_task_name=synthetic.SMOKE_MIXTURE_NAME, model=model, batch_size=8, input_length=128,
                target_length=32, checkpoint_every=15, log_every=5, train_steps=30, init_checkpoint=base_dir,
                input_autotune=False)
   gin.bind_parameter("learning_rate_schedule.peak", 2e-2)
   gin.bind_parameter("learning_rate_schedule.warmup_steps", 3)
   try:
-    periodic = evaluator.PeriodicEvaluator(synthetic.MIXTURE_NAME, every=30, max_examples_per_task=1, batch_size=64,
+    periodic = evaluator.PeriodicEvaluator(synthetic.SMOKE_MIXTURE_NAME, every=30, max_examples_per_task=1, batch_size=64,
                                            input_length=128, target_length=4)
     straight_dir = str(tmp_path / "straight")
     straight = loop.train(model_dir=straight_dir, periodic_eval=periodic, **train)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from sft_jax.data.collections import synthetic_vocab
+from sft_jax.data.collections import synthetic, synthetic_vocab
 from sft_jax.models import t5
 from sft_jax.train import checkpoints, partitioning
 from sft_jax.train import metrics as train_metrics
@@ -35,6 +35,7 @@ def _free_port() -> int:
 
 def _train_command(model_dir: str, *mesh_flags: str) -> list[str]:
   flags = ["--gin_file=models/t5_tiny.gin", "--gin_file=mixtures/synthetic.gin", "--gin_file=runs/train.gin",
+           f"--gin.MIXTURE_OR_TASK_NAME='{synthetic.SMOKE_MIXTURE_NAME}'",
            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={STEPS}", "--gin.train.batch_size=8",
            "--gin.train.input_length=64", "--gin.train.target_length=16", f"--gin.train.checkpoint_every={STEPS}",
            "--gin.train.log_every=1", "--gin.train.data_shards=2", "--gin.train.input_autotune=False",

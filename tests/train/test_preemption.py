@@ -21,7 +21,7 @@ from sft_jax.train import checkpoints, loop
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = dict(vocab_size=synthetic_vocab.VOCAB_SIZE, d_model=32, num_heads=2, head_dim=16, d_ff=64,
                    num_encoder_layers=1, num_decoder_layers=1)
-TRAIN = dict(mixture_or_task_name=synthetic.MIXTURE_NAME, batch_size=4, input_length=128, target_length=32,
+TRAIN = dict(mixture_or_task_name=synthetic.SMOKE_MIXTURE_NAME, batch_size=4, input_length=128, target_length=32,
              checkpoint_every=2, log_every=2)
 CHILD = """
 import sys

@@ -7,6 +7,10 @@ the Mixture `synthetic_instructions` over the seen tasks, and that mixture's
 held-out split: whole held-out clusters, held-out tasks inside seen clusters,
 held-out phrasings of seen tasks (all held out) and new instances of the seen
 tasks (seen). No download: every example is generated from a seed.
+
+It also registers `synthetic_smoke`, a seven-task slice of that mixture and its split
+(four seen tasks, one held-out phrasing, two held-out tasks): the same code paths with a
+fraction of the start-up time, for checking a new install or host and for end-to-end tests.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ HELDOUT_TEMPLATES_SUFFIX = ".heldout_templates"
 EVAL_SEED = 0
 # Finite evaluation splits; training streams are unlimited.
 EVAL_EXAMPLES = {"validation": 200, "test": 200}
+
+SMOKE_MIXTURE_NAME = "synthetic_smoke"
+# Generation and classification among both the seen and the held-out tasks.
+_SMOKE_SEEN = ("reverse_list", "add_numbers", "even_or_odd", "comma_to_space")
+_SMOKE_HELDOUT = ("first_and_last", "pick_largest_number")
 
 
 
@@ -141,6 +150,14 @@ def register() -> None:
   seen = [task_name(t) for t in synthetic_tasks.TASKS if not t.heldout]
   seqio.MixtureRegistry.add(MIXTURE_NAME, mixtures.uniform_rates(seen))
   mixtures.declare_heldout_split(mixtures.HeldoutSplit(MIXTURE_NAME, tuple(eval_tasks)))
+
+  by_name = {t.name: t for t in synthetic_tasks.TASKS}
+  smoke_seen = [task_name(by_name[name]) for name in _SMOKE_SEEN]
+  smoke_eval = {*smoke_seen, task_name(by_name[_SMOKE_SEEN[0]], heldout_templates=True),
+                *(task_name(by_name[name]) for name in _SMOKE_HELDOUT)}
+  seqio.MixtureRegistry.add(SMOKE_MIXTURE_NAME, mixtures.uniform_rates(smoke_seen))
+  mixtures.declare_heldout_split(
+      mixtures.HeldoutSplit(SMOKE_MIXTURE_NAME, tuple(t for t in eval_tasks if t.task_name in smoke_eval)))
 
 
 if MIXTURE_NAME not in seqio.MixtureRegistry.names():
