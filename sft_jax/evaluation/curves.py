@@ -162,6 +162,36 @@ def summary_lines(curve: Curve) -> str:
                    for step, p in sorted(curve.items()))
 
 
+def read_run_scalars(model_dir: str) -> dict[str, dict[int, float]]:
+  """A run's logged scalars ({name: {step: value}}), empty when it has no metrics file."""
+  if not os.path.exists(os.path.join(model_dir, train_metrics.METRICS_FILE)):
+    return {}
+  return train_metrics.read_metrics(model_dir)
+
+
+def logged_curve(scalars: Mapping[str, Mapping[int, float]]) -> Curve | None:
+  """The curve of the periodic-evaluation scalars among `scalars`, or None when there are none."""
+  try:
+    return curve_from_metrics(scalars)
+  except ValueError:
+    return None
+
+
+def report_rows(evaluated: Curve, logged: Curve | None = None,
+                train_loss: Mapping[int, float] | None = None) -> list[dict[str, Any]]:
+  """The rows of a report's `learning_curve` (see sft_jax.evaluation.report): the evaluated and the
+  logged points by step (evaluated first at a shared step), with the training loss logged at that step."""
+  train_loss = train_loss or {}
+  rows = []
+  for source, curve in (("evaluated", evaluated), ("periodic", logged or {})):
+    for step, point in curve.items():
+      row = {"step": int(step), "source": source, **{m: float(point[m]) for m in MEANS}}
+      if step in train_loss:
+        row["train_loss"] = float(train_loss[step])
+      rows.append(row)
+  return sorted(rows, key=lambda row: (row["step"], report_lib.CURVE_SOURCES.index(row["source"])))
+
+
 @gin.configurable
 def logged_learning_curve(model_dir: str = gin.REQUIRED, out_dir: str | None = None) -> Curve:
   """Draws the curve of a run's logged periodic-evaluation scalars (no re-evaluation) into
@@ -169,10 +199,15 @@ def logged_learning_curve(model_dir: str = gin.REQUIRED, out_dir: str | None = N
   path = os.path.join(model_dir, train_metrics.METRICS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no metrics file; was {model_dir} trained by sft_jax?")
-  try:
-    curve = curve_from_metrics(train_metrics.read_metrics(model_dir))
-  except ValueError as e:
-    raise ValueError(f"{path}: {e}; train with gin_configs/runs/periodic_eval.gin to log them") from None
-  write_learning_curve(curve, out_dir or os.path.join(model_dir, "eval"), LOGGED_CURVE_FILE,
-                       title=f"{os.path.abspath(model_dir)}: periodic evaluation")
+  curve = logged_curve(train_metrics.read_metrics(model_dir))
+  if curve is None:
+    raise ValueError(f"{path}: no periodic-evaluation scalars ({', '.join(_LOGGED_MEANS.values())}); "
+                     "train with gin_configs/runs/periodic_eval.gin to log them")
+  write_logged_curve(curve, model_dir, out_dir or os.path.join(model_dir, "eval"))
   return curve
+
+
+def write_logged_curve(curve: Curve, model_dir: str, out_dir: str) -> dict[str, str]:
+  """Writes a logged curve as learning_curve_logged.{json,png} into `out_dir`."""
+  return write_learning_curve(curve, out_dir, LOGGED_CURVE_FILE,
+                              title=f"{os.path.abspath(model_dir)}: periodic evaluation")

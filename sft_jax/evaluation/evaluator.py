@@ -322,12 +322,30 @@ def evaluate_heldout(model_dir: str = gin.REQUIRED, mixture_name: str = gin.REQU
         _write(report, latest_predictions, os.path.join(out_dir, f"step_{trained_step}"))
       reports.append(report)
 
-  _write(reports[-1], latest_predictions, out_dir)
-  if all_steps and jax.process_index() == 0:
-    paths = curves.write_learning_curve(curves.curve_from_reports(reports), out_dir,
-                                        title=f"{os.path.abspath(model_dir)}: {split} split")
-    logging.info("wrote %s", paths)
-  return reports[-1]
+  report = _with_learning_curve(reports, model_dir, out_dir, split, all_steps)
+  _write(report, latest_predictions, out_dir)
+  return report
+
+
+def _with_learning_curve(reports: list[dict], model_dir: str, out_dir: str, split: str,
+                         all_steps: bool) -> dict:
+  """The latest report with the run's learning curve: the evaluated steps (the baseline and
+  every scored checkpoint) and the periodic evaluations the trainer logged, if any. Writes
+  learning_curve.png (with `all_steps`) and learning_curve_logged.png next to the report."""
+  evaluated = curves.curve_from_reports(reports)
+  scalars = curves.read_run_scalars(model_dir)
+  logged = curves.logged_curve(scalars)
+  png = None
+  if jax.process_index() == 0:
+    if logged:
+      logging.info("wrote %s", curves.write_logged_curve(logged, model_dir, out_dir))
+      png = f"{curves.LOGGED_CURVE_FILE}.png"
+    if all_steps:
+      paths = curves.write_learning_curve(evaluated, out_dir, title=f"{os.path.abspath(model_dir)}: {split} split")
+      logging.info("wrote %s", paths)
+      png = f"{curves.CURVE_FILE}.png"
+  report = dict(reports[-1], learning_curve=curves.report_rows(evaluated, logged, scalars.get("loss")))
+  return dict(report, learning_curve_png=png) if png else report
 
 
 @gin.configurable

@@ -11,6 +11,16 @@ Tasks whose examples name their prompt template are also scored per template:
 templates) and `"template_median": {task: float}` (T0: median over prompts), each of the
 primary metric. The baseline carries the same fields.
 
+A report may carry the run's learning curve, one row per (step, source), steps ascending:
+
+  "learning_curve": [{"step": int, "source": str, "heldout_mean": float, "seen_mean": float,
+                      "train_loss": float (optional)}, ...],
+  "learning_curve_png": str (optional; the plot's file name, next to report.json)
+
+`source` says where a row was scored: "evaluated" rows come from this evaluation (the baseline
+and the scored checkpoints, on `max_examples_per_task` examples per task), "periodic" rows from
+the scalars the trainer logged (its own, usually smaller, sample of examples).
+
 `predictions.jsonl`, written next to report.json, holds one JSON object per evaluated example
 of the trained checkpoint, tasks in the order the mixture's held-out split declares them
 and examples in their split order:
@@ -44,6 +54,7 @@ TASK_KINDS = ("generation", "classification")
 _SUMMARY_FIELDS = ("clusters", "seen_clusters", "heldout_mean", "seen_mean")
 TEMPLATE_FIELDS = ("templates", "template_mean", "template_median")
 PREDICTIONS_FILE = "predictions.jsonl"
+CURVE_SOURCES = ("evaluated", "periodic")
 PREDICTION_FIELDS = ("task", "template", "index", "inputs", "targets", "prediction", "answer_choices")
 
 
@@ -255,6 +266,25 @@ def _check_templates(report: Mapping, path: str) -> None:
                        f"but {path}.templates has {sorted(templates)}")
 
 
+def _check_learning_curve(report: Mapping) -> None:
+  if "learning_curve_png" in report:
+    _check_str(report["learning_curve_png"], "report.learning_curve_png")
+  if "learning_curve" not in report:
+    return
+  rows = report["learning_curve"]
+  if not isinstance(rows, Sequence) or isinstance(rows, str):
+    raise ValueError(f"report.learning_curve: expected list, got {_type_name(rows)}")
+  for i, row in enumerate(rows):
+    path = f"report.learning_curve[{i}]"
+    if not isinstance(row, Mapping):
+      raise ValueError(f"{path}: expected mapping, got {_type_name(row)}")
+    _check_int(_require(row, "step", path), f"{path}.step")
+    if _require(row, "source", path) not in CURVE_SOURCES:
+      raise ValueError(f"{path}.source: expected one of {CURVE_SOURCES}, got {row['source']!r}")
+    for field in ("heldout_mean", "seen_mean", *(("train_loss",) if "train_loss" in row else ())):
+      _check_float(_require(row, field, path), f"{path}.{field}")
+
+
 def validate_report(report: Mapping) -> None:
   """Raises ValueError naming the first missing or ill-typed field of `report`."""
   path = "report"
@@ -280,6 +310,7 @@ def validate_report(report: Mapping) -> None:
     raise ValueError(f"report.baseline.tasks: names tasks {sorted(baseline_tasks)} "
                      f"but report.tasks has {sorted(tasks)}")
   _check_summary(baseline, "report.baseline")
+  _check_learning_curve(report)
 
 
 # ---------------------------------------------------------------------------
@@ -421,7 +452,20 @@ def render_markdown(report: Mapping) -> str:
   if report.get("templates"):
     lines += _prompt_tables(report, trained_col, base_col)
     lines += _template_tables(report, trained_col, base_col)
+  if report.get("learning_curve"):
+    lines += _learning_curve_section(report)
   return "\n".join(lines) + "\n"
+
+
+def _learning_curve_section(report: Mapping) -> list[str]:
+  lines = ["", "## Learning curve", "",
+           "`evaluated`: scored by this evaluation; `periodic`: logged by the trainer's periodic "
+           "evaluation on its own sample of examples per task.", ""]
+  if report.get("learning_curve_png"):
+    lines += [f"![learning curve]({report['learning_curve_png']})", ""]
+  rows = [[row["step"], row["source"], _fmt(row["heldout_mean"]), _fmt(row["seen_mean"]),
+           _fmt(row["train_loss"]) if "train_loss" in row else ""] for row in report["learning_curve"]]
+  return lines + md_table(["step", "source", "held-out mean", "seen mean", "train loss"], rows)
 
 
 def _draw_clusters(ax, title: str, trained: Mapping[str, float], baseline: Mapping[str, float],

@@ -22,6 +22,11 @@ Losses over h = (log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l)):
   ipo      (h - 1 / (2 beta))^2                                         IPO (Azar et al., 2023)
   hinge    max(0, 1 - beta h)                                           SLiC-style hinge
 The implicit rewards are beta (log pi(y) - log ref(y)) for each side.
+
+With `nll_weight` = alpha > 0 the step adds alpha times the chosen answers' negative log-likelihood
+per target token (RPO, Pang et al., 2024; TRL's `rpo_alpha`). When chosen and rejected answers share
+most tokens (near misses), plain DPO lowers both log-probabilities and the chosen answer drifts
+away; the NLL term holds it up, so the margin comes from pushing the rejected answer down.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class DPOConfig:
   beta: float = 0.1
   loss_type: str = "sigmoid"
   label_smoothing: float = 0.0
+  nll_weight: float = 0.0
 
   def __post_init__(self):
     if self.loss_type not in LOSS_TYPES:
@@ -59,6 +65,8 @@ class DPOConfig:
       raise ValueError(f"DPOConfig.label_smoothing={self.label_smoothing}; expected 0 <= eps < 0.5")
     if self.label_smoothing and self.loss_type != "sigmoid":
       raise ValueError(f"DPOConfig.label_smoothing applies to loss_type='sigmoid', not {self.loss_type!r}")
+    if self.nll_weight < 0:
+      raise ValueError(f"DPOConfig.nll_weight={self.nll_weight}; expected >= 0")
 
 
 def preference_loss(config: DPOConfig, policy_chosen_B: jax.Array, policy_rejected_B: jax.Array,
@@ -134,10 +142,16 @@ def dpo_step(config: DPOStepConfig, state: TrainState, batch: Mapping[str, jax.A
     chosen_B, rejected_B = pair_log_probs(config.model, module, batch)
     loss_B, chosen_rewards_B, rejected_rewards_B = preference_loss(
         config.dpo, chosen_B, rejected_B, ref_chosen_B, ref_rejected_B)
-    return jnp.mean(loss_B), (chosen_B, rejected_B, chosen_rewards_B, rejected_rewards_B)
+    loss = jnp.mean(loss_B)
+    nll = -jnp.sum(chosen_B) / chosen_tokens
+    if config.dpo.nll_weight:
+      loss = loss + config.dpo.nll_weight * nll
+    return loss, (nll, chosen_B, rejected_B, chosen_rewards_B, rejected_rewards_B)
 
+  chosen_weights = batch.get("chosen_decoder_loss_weights", batch["chosen_decoder_target_tokens"] != 0)
+  chosen_tokens = jnp.maximum(jnp.sum(chosen_weights.astype(jnp.float32)), 1.0)
   (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  chosen_B, rejected_B, chosen_rewards_B, rejected_rewards_B = aux
+  nll, chosen_B, rejected_B, chosen_rewards_B, rejected_rewards_B = aux
   updates, opt_state = config.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
@@ -151,5 +165,6 @@ def dpo_step(config: DPOStepConfig, state: TrainState, batch: Mapping[str, jax.A
       "rejected_reward": jnp.mean(rejected_rewards_B),
       "chosen_log_prob": jnp.mean(chosen_B),
       "rejected_log_prob": jnp.mean(rejected_B),
+      "chosen_nll_per_token": nll,
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, frozen=state.frozen), metrics

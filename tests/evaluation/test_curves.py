@@ -107,6 +107,19 @@ def test_logged_curve_from_metrics_jsonl_through_the_tool(tmp_path, capsys):
     curves.logged_learning_curve(model_dir=model_dir)
 
 
+def test_report_rows_interleave_evaluated_and_logged_points_with_the_training_loss():
+  evaluated = {0: _summary(0.1, 0.2, {}, {}), 1000: _summary(0.5, 0.75, {}, {})}
+  logged = {1000: _summary(0.375, 0.625, {}, {}), 500: _summary(0.25, 0.5, {}, {})}
+  rows = curves.report_rows(evaluated, logged, {500: 2.0, 1000: 1.25, 7: 9.0})
+  assert rows == [
+      {"step": 0, "source": "evaluated", "heldout_mean": 0.1, "seen_mean": 0.2},
+      {"step": 500, "source": "periodic", "heldout_mean": 0.25, "seen_mean": 0.5, "train_loss": 2.0},
+      {"step": 1000, "source": "evaluated", "heldout_mean": 0.5, "seen_mean": 0.75, "train_loss": 1.25},
+      {"step": 1000, "source": "periodic", "heldout_mean": 0.375, "seen_mean": 0.625, "train_loss": 1.25},
+  ]
+  assert curves.report_rows(evaluated) == rows[:1] + [{k: v for k, v in rows[2].items() if k != "train_loss"}]
+
+
 def test_all_steps_evaluates_every_checkpoint_and_draws_the_curve(tmp_path, capsys):
   model_dir, out_dir = str(tmp_path / "run"), tmp_path / "eval_out"
   model = t5.EncoderDecoderModel(t5.T5Config(**TINY_CONFIG))
@@ -116,6 +129,11 @@ def test_all_steps_evaluates_every_checkpoint_and_draws_the_curve(tmp_path, caps
     _, params = state_lib.init_params(model, seed, mesh, rules)
     checkpointer.save(step, {"params": params}, {"step": step})
   checkpointer.close()
+  # The trainer's log: a periodic evaluation at step 5 and the loss at steps 5 and 10.
+  _write_metrics(model_dir, [{"step": 5, "loss": 3.0},
+                             {"step": 5, "eval/seen_mean": 0.5, "eval/heldout_mean": 0.25,
+                              "eval/heldout_cluster/option_selection": 0.25, "eval/seen_cluster/arithmetic": 0.5},
+                             {"step": 10, "loss": 2.5}])
 
   gin_file = tmp_path / "eval.gin"
   gin_file.write_text("\n".join([
@@ -136,6 +154,7 @@ def test_all_steps_evaluates_every_checkpoint_and_draws_the_curve(tmp_path, caps
 
   files = ["predictions.jsonl", "report.json", "report.md", "report.png"]
   assert sorted(os.listdir(out_dir)) == sorted(files + ["learning_curve.json", "learning_curve.png",
+                                                        "learning_curve_logged.json", "learning_curve_logged.png",
                                                         "step_10", "step_2"])
   reports = {}
   for step in (2, 10):
@@ -145,7 +164,20 @@ def test_all_steps_evaluates_every_checkpoint_and_draws_the_curve(tmp_path, caps
     assert reports[step]["step"] == step
     assert len(report.read_predictions(str(out_dir / f"step_{step}" / "predictions.jsonl"))) == 2 * 3
   # The latest step is also the report in out_dir; the baseline was scored once for all steps.
-  assert json.loads((out_dir / "report.json").read_text()) == reports[10]
+  # ... with the learning curve of every evaluated step, and the plot named in it.
+  final = json.loads((out_dir / "report.json").read_text())
+  report.validate_report(final)
+  assert {k: v for k, v in final.items() if not k.startswith("learning_curve")} == reports[10]
+  assert final["learning_curve_png"] == "learning_curve.png"
+  assert final["learning_curve"] == [
+      {"step": 0, "source": "evaluated", "heldout_mean": reports[10]["baseline"]["heldout_mean"],
+       "seen_mean": reports[10]["baseline"]["seen_mean"]},
+      {"step": 2, "source": "evaluated", "heldout_mean": reports[2]["heldout_mean"],
+       "seen_mean": reports[2]["seen_mean"]},
+      {"step": 5, "source": "periodic", "heldout_mean": 0.25, "seen_mean": 0.5, "train_loss": 3.0},
+      {"step": 10, "source": "evaluated", "heldout_mean": reports[10]["heldout_mean"],
+       "seen_mean": reports[10]["seen_mean"], "train_loss": 2.5}]
+  assert "## Learning curve" in (out_dir / "report.md").read_text()
   assert (out_dir / "predictions.jsonl").read_text() == (out_dir / "step_10" / "predictions.jsonl").read_text()
   assert reports[2]["baseline"] == reports[10]["baseline"]
   # Each step was scored with its own parameters.

@@ -269,6 +269,43 @@ def test_markdown_per_template_and_per_cluster_tables():
   assert "## Templates" not in report_lib.render_markdown(_report())
 
 
+# ---- learning curve ----------------------------------------------------------------------------
+
+CURVE = [{"step": 0, "source": "evaluated", "heldout_mean": 0.125, "seen_mean": 0.25},
+         {"step": 100, "source": "periodic", "heldout_mean": 0.25, "seen_mean": 0.5, "train_loss": 1.5},
+         {"step": 300, "source": "evaluated", "heldout_mean": 0.5, "seen_mean": 0.75, "train_loss": 0.75}]
+
+
+def test_learning_curve_validates_and_renders_one_row_per_point():
+  report = dict(_report(), learning_curve=copy.deepcopy(CURVE), learning_curve_png="learning_curve.png")
+  report_lib.validate_report(report)
+  md = report_lib.render_markdown(report)
+  section = md.split("## Learning curve")[1]
+  assert "![learning curve](learning_curve.png)" in section
+  assert "| step | source | held-out mean | seen mean | train loss |" in section
+  assert "| 0 | evaluated | 0.125 | 0.250 |  |" in section
+  assert "| 100 | periodic | 0.250 | 0.500 | 1.500 |" in section
+  assert "| 300 | evaluated | 0.500 | 0.750 | 0.750 |" in section
+  assert "## Learning curve" not in report_lib.render_markdown(_report())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(learning_curve={"step": 0}), "report.learning_curve: expected list, got dict"),
+    (lambda c: c["learning_curve"][1].update(source="logged"),
+     "report.learning_curve\\[1\\].source: expected one of \\('evaluated', 'periodic'\\), got 'logged'"),
+    (lambda c: c["learning_curve"][2].pop("seen_mean"), "report.learning_curve\\[2\\].seen_mean: missing"),
+    (lambda c: c["learning_curve"][2].update(train_loss="0.7"),
+     "report.learning_curve\\[2\\].train_loss: expected float, got str"),
+    (lambda c: c["learning_curve"][0].update(step=1.0), "report.learning_curve\\[0\\].step: expected int, got float"),
+    (lambda c: c.update(learning_curve_png=3), "report.learning_curve_png: expected str, got int"),
+])
+def test_validate_report_checks_learning_curve_rows(edit, message):
+  report = dict(_report(), learning_curve=copy.deepcopy(CURVE))
+  edit(report)
+  with pytest.raises(ValueError, match=message):
+    report_lib.validate_report(report)
+
+
 # ---- predictions ------------------------------------------------------------------------------
 
 

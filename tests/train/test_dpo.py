@@ -1,5 +1,6 @@
 """DPO: the losses and their gradients against numpy, pair scores, the reference model, the step."""
 
+import functools
 import gc
 
 import jax
@@ -82,7 +83,8 @@ def test_sigmoid_loss_at_a_zero_margin_is_log_2_and_the_reference_is_not_differe
 
 @pytest.mark.parametrize("kwargs,match", [({"loss_type": "kto"}, "loss_type"), ({"beta": 0.0}, "beta"),
                                           ({"label_smoothing": 0.5}, "label_smoothing"),
-                                          ({"loss_type": "ipo", "label_smoothing": 0.1}, "applies to")])
+                                          ({"loss_type": "ipo", "label_smoothing": 0.1}, "applies to"),
+                                          ({"nll_weight": -1.0}, "nll_weight")])
 def test_bad_configs_are_refused(kwargs, match):
   with pytest.raises(ValueError, match=match):
     dpo.DPOConfig(**kwargs)
@@ -169,6 +171,27 @@ def test_precomputed_and_held_reference_give_the_same_step():
   assert float(held["reward_margin"]) == 0.0 and float(held["reward_accuracy"]) == 0.0
   with pytest.raises(ValueError, match="no reference"):
     dpo.dpo_step(config, state, batch)
+
+
+def test_nll_weight_adds_the_chosen_per_token_nll_and_holds_the_chosen_answer_up():
+  graphdef, state, config = _state(T5_BASE)
+  reference_params = jax.tree.map(jnp.copy, state.params)
+  batch = _pair_batch(batch_size=8, seed=3)
+  # The chosen answers' NLL per target token, from scoring the chosen side alone.
+  chosen = np.asarray(T5_BASE.score_batch(model_module(graphdef, state.params), _side_batch(batch, "chosen")))
+  want_nll = -chosen.sum() / float(np.asarray(batch["chosen_decoder_loss_weights"]).sum())
+  configs = {alpha: dpo.DPOStepConfig(graphdef, T5_BASE, config.optimizer, config.schedule,
+                                      dpo.DPOConfig(beta=0.5, nll_weight=alpha)) for alpha in (0.0, 2.0)}
+  steps = {alpha: jax.jit(functools.partial(dpo.dpo_step, c)) for alpha, c in configs.items()}
+  metrics = {alpha: jax.device_get(step(state, batch, reference_params)[1]) for alpha, step in steps.items()}
+  for alpha, m in metrics.items():
+    np.testing.assert_allclose(m["chosen_nll_per_token"], want_nll, rtol=1e-5)
+    np.testing.assert_allclose(m["loss"], np.log(2.0) + alpha * want_nll, rtol=1e-5)
+  # Trained with the NLL term the chosen answers gain probability over the reference.
+  for _ in range(20):
+    state, m = steps[2.0](state, batch, reference_params)
+  m = jax.device_get(m)
+  assert m["chosen_reward"] > 0 and m["reward_accuracy"] == 1.0 and m["chosen_nll_per_token"] < 0.5 * want_nll
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
