@@ -169,3 +169,10 @@ def test_primary_metric_of_superni_scores_is_rouge_l_fraction():
   # "red car" vs "a red car": LCS 2, precision 1, recall 2/3, F 0.8; "yes" vs "Yes": F 1.
   assert scores == {"exact_match": 50.0, "rougeL": 90.0}
   assert metrics.primary_metric(scores) == pytest.approx(0.9)
+
+
+def test_superni_rouge_l_scores_the_raw_strings_not_the_normalized_ones():
+  # ROUGE's tokenizer splits "Don't" at the apostrophe: [don, t, stop] against [dont, stop] share
+  # only "stop": P = 1/3, R = 1/2, F = 0.4. Normalized first, both would read "dont stop" (F = 1),
+  # and exact match, which does normalize, is a hit.
+  assert metrics.superni_metrics([["dont stop"]], ["Don't stop"]) == {"exact_match": 100.0, "rougeL": 40.0}
