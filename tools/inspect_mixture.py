@@ -4,7 +4,7 @@
   python tools/inspect_mixture.py --file_task=mine=data/alpaca.jsonl:alpaca -n 3
   python tools/inspect_mixture.py --file_task=chat=data/chat.jsonl:messages \
       --chat_template=chatml --tokenizer=path/to/hf_model_dir
-  python tools/inspect_mixture.py --module=sft_jax.data.collections.t0 --mixture=t0_train --mock_data
+  python tools/inspect_mixture.py --mixture=t0_train --mock_data
 
 --mock_data replaces every TFDS dataset by random examples of its features (tfds.testing.mock_data):
 a TFDS mixture's templates, tokens, counts and packing can be checked before anything is downloaded.
@@ -27,7 +27,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("-n", type=int, default=5, help="number of examples")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--module", action="append", default=["sft_jax.data.collections.synthetic"],
-                      help="module that registers the mixture (repeatable)")
+                      help="module that registers the mixture (repeatable; the collections' own modules are "
+                           "found from the mixture's name)")
   parser.add_argument("--file_task", action="append", default=[], metavar="NAME=PATH:FMT",
                       help="register a task from local files (a path or glob) in a formats.py format (repeatable)")
   parser.add_argument("--chat_template", help="chat template for --file_task tasks (chatml, llama3, or a path)")
@@ -47,7 +48,8 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--mock_examples", type=int, default=inspection.MOCK_EXAMPLES,
                       help="examples per split of each mocked TFDS dataset")
   args = parser.parse_args(argv)
-  file_tasks = inspection.register_inputs(args.module, args.file_task, args.chat_template, args.tokenizer)
+  file_tasks = inspection.register_inputs(args.module, args.file_task, args.chat_template, args.tokenizer,
+                                         names=[args.mixture] if args.mixture else [])
   if args.mixture is None and len(file_tasks) != 1:
     parser.error("--mixture is required unless exactly one --file_task is given")
   color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())

@@ -28,7 +28,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sft_jax.data import mixtures, packing, pipeline, vocabularies
+from sft_jax.data import collections, mixtures, packing, pipeline, vocabularies
 from sft_jax.data.collections import files
 
 WEIGHTED_OPEN, WEIGHTED_CLOSE = "[[", "]]"
@@ -267,14 +267,20 @@ def mock_tfds(enabled: bool = True, num_examples: int = MOCK_EXAMPLES) -> Iterat
 
 
 def register_inputs(modules: Sequence[str] = (), file_task_flags: Sequence[str] = (),
-                    chat_template: str | None = None, tokenizer: str | None = None) -> list[str]:
+                    chat_template: str | None = None, tokenizer: str | None = None,
+                    names: Sequence[str] = ()) -> list[str]:
   """Imports registration modules and registers `NAME=PATH:FMT` file tasks; returns their names.
 
   `chat_template` and `tokenizer` (a Hugging Face tokenizer.json or model directory; the
-  default vocabulary otherwise) apply to the file tasks.
+  default vocabulary otherwise) apply to the file tasks. Each of `names` not registered by then
+  has the collection module that registers it imported (collections.registering_module).
   """
   for module in modules:
     importlib.import_module(module)
+  for name in names:
+    module = collections.registering_module(name)
+    if module and name not in seqio.MixtureRegistry.names() and name not in seqio.TaskRegistry.names():
+      importlib.import_module(module)
   vocabulary = vocabularies.get_vocabulary("hf", tokenizer) if tokenizer else None
   names = []
   for flag in file_task_flags:

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
-from sft_jax.data import mixtures, packing, pipeline
+from sft_jax.data import collections, mixtures, packing, pipeline
 from sft_jax.data import templates as templates_lib
 from sft_jax.data.collections import flan2021
 from sft_jax.data.collections import flan2021_templates as flan_templates
@@ -151,7 +151,7 @@ def test_leave_one_cluster_out(cluster):
 def test_flan2022_mix_weights_collections_and_checks_them(monkeypatch):
   name = "test_flan2021_collection"
   # A collection whose module was not imported: named so no other test can have registered it.
-  monkeypatch.setitem(flan2021.COLLECTION_MODULES, "test_unimported_collection", "some.collection_module")
+  monkeypatch.setitem(collections.REGISTERING_MODULES, "test_unimported", "some.collection_module")
   mixtures.register_mixture(name, ["flan2021.rte", "flan2021.cb"])
   try:
     mix = flan2021.register_flan2022_mix({flan2021.MIXTURE_NAME: 4.0, name: 1.0}, name="test_flan2022_mix")
@@ -197,7 +197,7 @@ def test_gin_files_name_registered_mixtures_and_their_modules(path):
       # t0 and superni register their own collections; here only the names are checked.
       weights = gin.query_parameter("%FLAN2022_WEIGHTS")
       assert flan2021.VARIANTS_MIXTURE_NAME in weights
-      assert {flan2021.COLLECTION_MODULES[c] for c in weights} == set(modules)
+      assert {collections.registering_module(c) for c in weights} == set(modules)
     else:
       assert modules == [flan2021.__name__] and mixture in seqio.MixtureRegistry.names()
   finally:

@@ -14,7 +14,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from sft_jax.data import inspection, preprocessors, vocabularies
+from sft_jax.data import collections, inspection, preprocessors, vocabularies
 from sft_jax.data.collections import files
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -143,8 +143,9 @@ def test_tool_inspects_a_file_given_on_the_command_line(tmp_path, capsys):
 
 
 def test_tool_inspects_a_tfds_mixture_on_mock_data():
-  # A fresh process: TFDS mocking and the T0 registrations stay out of this one.
-  args = [sys.executable, TOOL, "--module=sft_jax.data.collections.t0", "--mixture=t0_train", "--mock_data",
+  # A fresh process: TFDS mocking and the T0 registrations stay out of this one. The tool finds
+  # the module that registers t0_train from the name.
+  args = [sys.executable, TOOL, "--mixture=t0_train", "--mock_data",
           "--mock_examples=4", "-n", "1", "--batch_size=2", "--num_batches=1", "--color=never"]
   done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -154,3 +155,11 @@ def test_tool_inspects_a_tfds_mixture_on_mock_data():
   # 18 TFDS datasets, each mocked with 4 raw examples.
   assert re.search(r"^  t0\.glue\.mrpc +4$", out, re.MULTILINE) and "  total over 18 tasks: 72\n" in out
   assert "=== packing (BestFitPacker, batch_size 2, input_length 256, target_length 64)\n  batch 0: 2 rows" in out
+
+
+def test_registering_module_is_found_by_the_longest_prefix():
+  assert collections.registering_module("t0_train") == "sft_jax.data.collections.t0"
+  assert collections.registering_module("flan2022_mix") == "sft_jax.data.collections.flan2021"
+  assert collections.registering_module("synthetic_preferences") == "sft_jax.data.collections.synthetic_preferences"
+  assert collections.registering_module("synthetic.add_one") == "sft_jax.data.collections.synthetic"
+  assert collections.registering_module("my_own_mixture") is None

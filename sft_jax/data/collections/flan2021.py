@@ -45,7 +45,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from sft_jax.data import mixtures, preprocessors
+from sft_jax.data import collections, mixtures, preprocessors
 from sft_jax.data import templates as templates_lib
 from sft_jax.data.collections import flan2021_datasets as datasets_lib
 from sft_jax.data.collections import flan2021_templates as flan_templates
@@ -74,14 +74,6 @@ MANUAL_DOWNLOAD = datasets_lib.MANUAL_DOWNLOAD
 FLAN2022_MIX = "flan2022_mix"
 # Flan 2022's sub-mixture rates (FLAN 4, T0 3, NIv2 1), here over this project's collections.
 FLAN2022_WEIGHTS = {VARIANTS_MIXTURE_NAME: 4.0, "t0_train": 3.0, "superni_train": 1.0}
-# Where each collection mixture is registered, for the error that names a missing one.
-COLLECTION_MODULES = {
-    VARIANTS_MIXTURE_NAME: __name__,
-    MIXTURE_NAME: __name__,
-    "t0_train": "sft_jax.data.collections.t0",
-    "superni_train": "sft_jax.data.collections.superni",
-    "synthetic_instructions": "sft_jax.data.collections.synthetic",
-}
 
 _METRICS = {"accuracy": metrics.accuracy, "exact_match": metrics.exact_match,
             # ROUGE-L (and normalized exact match), x100, with stemming: the summarization metric.
@@ -321,7 +313,7 @@ def register_flan2022_mix(weights: Mapping[str, float] = FLAN2022_WEIGHTS, name:
   """
   missing = [c for c in weights if c not in seqio.MixtureRegistry.names() and c not in seqio.TaskRegistry.names()]
   if missing:
-    where = {c: COLLECTION_MODULES.get(c, "?") for c in missing}
+    where = {c: collections.registering_module(c) or "?" for c in missing}
     raise ValueError(f"{name}: collections not registered: {where}; add their modules to MIXTURE_MODULES "
                      "(one that registers at gin.finalize, like Super-NI, imported before this one)")
   vocabularies = {c: _vocabularies(c) for c in weights}
