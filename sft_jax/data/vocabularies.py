@@ -217,6 +217,11 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
   def __hash__(self) -> int:
     return hash(self._key())
 
+  @property
+  def path(self) -> str:
+    """The tokenizer.json file or model directory this vocabulary was read from."""
+    return self._path
+
   def __str__(self) -> str:
     return (f"HFTokenizerVocabulary(path={self._path!r}, size={self._size}, eos_id={self._eos_id}, "
             f"pad_id={self._pad_id}, sha256={self._fingerprint[:12]})")

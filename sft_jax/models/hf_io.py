@@ -214,6 +214,31 @@ def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
   return copied
 
 
+def write_vocabulary(vocabulary: seqio.Vocabulary, model_dir: str) -> list[str]:
+  """Writes the tokenizer files of `vocabulary` into `model_dir`/hf/, where `load_model_dir` reads
+  them; returns their names (none for a vocabulary without files, such as bytes)."""
+  assets = os.path.join(model_dir, ASSETS_DIR)
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    os.makedirs(assets, exist_ok=True)
+    shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(assets, "spiece.model"))
+    if not vocabulary.extra_ids:
+      return ["spiece.model"]
+    with open(os.path.join(assets, "tokenizer_config.json"), "w") as f:
+      json.dump({"extra_ids": vocabulary.extra_ids}, f)  # T5's <extra_id_N> sentinels, as load_vocabulary reads them
+    return ["spiece.model", "tokenizer_config.json"]
+  if isinstance(vocabulary, vocabularies.HFTokenizerVocabulary):
+    if os.path.isdir(vocabulary.path):  # with its tokenizer_config.json (special tokens, chat template)
+      return copy_tokenizer_files(vocabulary.path, assets)
+    # A bare tokenizer.json: the special tokens the vocabulary was given go into a config beside it.
+    os.makedirs(assets, exist_ok=True)
+    shutil.copyfile(vocabulary.path, os.path.join(assets, "tokenizer.json"))
+    ids = {"eos_token": vocabulary.eos_id, "pad_token": vocabulary.pad_id, "bos_token": vocabulary.bos_id}
+    with open(os.path.join(assets, "tokenizer_config.json"), "w") as f:
+      json.dump({name: vocabulary.tokenizer.id_to_token(i) for name, i in ids.items() if i is not None}, f)
+    return ["tokenizer.json", "tokenizer_config.json"]
+  return []
+
+
 def load_vocabulary(directory: str) -> seqio.Vocabulary | None:
   """The vocabulary of a model directory: spiece.model (as T5 trains), else tokenizer.json, else None."""
   spiece = os.path.join(directory, "spiece.model")

@@ -17,19 +17,26 @@ from typing import Any, Callable, Iterator
 import gin
 import jax
 import numpy as np
+import seqio
 
 from sft_jax.data import mixtures, packing, pipeline, preference
+from sft_jax.models import hf_io
 from sft_jax.train import checkpoints, dpo as dpo_lib, optimizers, partitioning
 from sft_jax.train import metrics as train_metrics
 from sft_jax.train import state as state_lib
 from sft_jax.train.step import StepConfig, TrainState, train_step
 
 
-def _write_operative_config(model_dir: str) -> None:
-  """Saves the bindings the run actually used next to its checkpoints (process 0)."""
+def _write_run_files(model_dir: str, mixture_or_task_name: str) -> None:
+  """Saves the bindings the run actually used next to its checkpoints, and the tokenizer files
+  of its mixture in hf/, so what reads the run (tools/score.py, the lm-eval adapter, export to
+  Hugging Face) finds its vocabulary there (process 0)."""
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
       f.write(gin.operative_config_str())
+    features = seqio.get_mixture_or_task(mixture_or_task_name).output_features
+    feature = features.get("targets") or next(iter(features.values()))  # preference tasks: chosen/rejected
+    hf_io.write_vocabulary(feature.vocabulary, model_dir)
 
 
 @contextlib.contextmanager
@@ -224,7 +231,7 @@ def train(model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRE
         step += 1
         writer.advance()
         if step == start_step + 1:
-          _write_operative_config(model_dir)
+          _write_run_files(model_dir, mixture_or_task_name)
 
         if step % log_every == 0 or step == train_steps:
           fetched = jax.device_get(pending)  # the one host sync per logging interval

@@ -175,3 +175,27 @@ def test_get_vocabulary_kinds(tmp_path):
     vocabularies.get_vocabulary("wordpiece", path="x")
   with pytest.raises(ValueError, match="apply to kind 'hf' only"):
     vocabularies.get_vocabulary("byte", eos_id=1)
+
+
+def test_a_run_directory_keeps_the_vocabulary_it_was_written_with(tmp_path):
+  # hf_io.write_vocabulary puts the files where hf_io.load_vocabulary (score.py, the lm-eval
+  # adapter) reads a model directory's tokenizer; the vocabulary read back encodes identically.
+  from sft_jax.data.collections import synthetic_vocab
+  from sft_jax.models import hf_io
+
+  spm = seqio.SentencePieceVocabulary(synthetic_vocab.MODEL_PATH, extra_ids=3)
+  _write_tokenizer(tmp_path / "tokenizer.json")
+  hf = vocabularies.HFTokenizerVocabulary(str(tmp_path / "tokenizer.json"), eos_id=1, pad_id=2)
+  for name, vocabulary, files in (("spm", spm, ["spiece.model", "tokenizer_config.json"]),
+                                  ("hf", hf, ["tokenizer.json", "tokenizer_config.json"]),
+                                  ("byte", vocabularies.get_vocabulary("byte"), [])):
+    run = tmp_path / name
+    assert hf_io.write_vocabulary(vocabulary, str(run)) == files
+    loaded = hf_io.load_vocabulary(str(run / "hf"))
+    if not files:
+      assert loaded is None
+      continue
+    assert (loaded.vocab_size, loaded.eos_id, loaded.pad_id) == (vocabulary.vocab_size, vocabulary.eos_id,
+                                                                  vocabulary.pad_id)
+    for text in TEXTS:
+      assert loaded.encode(text) == vocabulary.encode(text)

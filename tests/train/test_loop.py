@@ -10,6 +10,7 @@ import pytest
 
 from sft_jax.data.collections import synthetic, synthetic_vocab
 from sft_jax.evaluation import evaluator, metrics, report
+from sft_jax.models import hf_io
 from sft_jax.models import t5
 from sft_jax.train import checkpoints, loop
 from sft_jax.train import metrics as train_metrics
@@ -91,11 +92,17 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, capsys):
   for name, scores in result["tasks"].items():
     assert logged[f"eval/task/{name}"][6] == pytest.approx(metrics.primary_metric(scores), abs=1e-6)
   assert os.path.getsize(os.path.join(straight_dir, "eval", "report.png")) > 1000
+  # Its learning curve: the evaluated baseline and step 6, and the logged periodic evaluations.
+  rows = {(row["step"], row["source"]): row for row in on_disk["learning_curve"]}
+  assert sorted(rows) == [(0, "evaluated"), (3, "periodic"), (6, "evaluated"), (6, "periodic")]
+  for step in (3, 6):
+    assert rows[step, "periodic"]["heldout_mean"] == pytest.approx(logged["eval/heldout_mean"][step])
+    assert rows[step, "periodic"]["train_loss"] == pytest.approx(logged["loss"][step])
+  assert rows[6, "evaluated"]["seen_mean"] == pytest.approx(result["seen_mean"])
 
-
-def test_model_vocabulary_smaller_than_the_data_is_refused(tmp_path):
-  byte_sized = t5.EncoderDecoderModel(t5.T5Config(vocab_size=259, d_model=32, num_heads=2, head_dim=16, d_ff=64,
-                                                  num_encoder_layers=1, num_decoder_layers=1))
-  with pytest.raises(ValueError, match=r"1536-token vocabulary but the model's vocab_size is 259"):
-    loop.train(model_dir=str(tmp_path), train_steps=1, **{**TRAIN, "model": byte_sized})
-  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+  # The run keeps its mixture's tokenizer where tools that read a model directory look for it
+  # (hf_io.restore_checkpoint_dir: tools/score.py, the lm-eval adapter, export to Hugging Face).
+  assert os.listdir(os.path.join(straight_dir, "hf")) == ["spiece.model"]
+  kept = hf_io.load_vocabulary(os.path.join(straight_dir, "hf"))
+  text = "Reverse the list: a, b"
+  assert kept.encode(text) == synthetic_vocab.vocabulary().encode(text)
