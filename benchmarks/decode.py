@@ -21,8 +21,9 @@ Rank classification: the first --rank_examples_per_task test examples of every c
 the synthetic_instructions mixture declares for evaluation, loaded as the evaluator loads them
 (`evaluator.load_eval_set`), batch 128, input length 96, target length 16 (as
 gin_configs/runs/quickstart_eval.gin). sft_jax ranks them with the evaluator's own
-`CheckpointScorer.rank_choices` over the imported parameters (every (prompt, choice + EOS) pair
-scored by a jitted `score_batch`, pairs sorted by prompt length into fixed-shape batches);
+`CheckpointScorer.rank_choices` over the imported parameters (each prompt encoded once and its
+choices + EOS decoded against it by a jitted `score_choices`, prompts sorted by length into
+fixed-shape batches of about 128 decoder rows);
 transformers scores the same pairs in the same batches of 128 (rows laid out by
 `packing.pad_unpacked`, but padded only to each batch's longest prompt and choice, as eager torch
 allows) with one forward pass per batch, summing the choice tokens' log-probabilities. Both take

@@ -103,6 +103,9 @@ class CheckpointScorer:
     self._predict = jax.jit(lambda p, b, key: model.predict_batch(nnx.merge(graphdef, p), b, target_length,
                                                                   decode_config, key))
     self._score = jax.jit(lambda p, b: model.score_batch(nnx.merge(graphdef, p), b))
+    # Encoder-decoder rank classification encodes each prompt once for all its choices.
+    self._score_choices = (jax.jit(lambda p, b: model.score_choices(nnx.merge(graphdef, p), b))
+                           if self.layout == "encoder_decoder" and hasattr(model, "score_choices") else None)
 
   def with_params(self, params: Any) -> "CheckpointScorer":
     """This scorer for other parameters of the same model, reusing its compiled functions."""
@@ -139,19 +142,25 @@ class CheckpointScorer:
   def choice_logliks(self, examples: list[EvalExample],
                      vocab: seqio.Vocabulary) -> list[tuple[np.ndarray, np.ndarray]]:
     """(summed target log-likelihood [C], scored target tokens [C]) of each example's C choices."""
-    pairs, sizes = [], []
+    choices = []
     for ex in examples:
       if not ex.answer_choices:
         raise ValueError(f"task {ex.task!r}: a classification example has no answer_choices")
-      for choice in ex.answer_choices:
-        # Each choice ends as the task's targets do: with its vocabulary's EOS.
-        pairs.append((ex.inputs, np.array(vocab.encode(choice) + [vocab.eos_id], np.int32)))
-      sizes.append(len(ex.answer_choices))
-    loglik = self._run(self._score, pairs)
+      # Each choice ends as the task's targets do: with its vocabulary's EOS.
+      choices.append([np.array(vocab.encode(c) + [vocab.eos_id], np.int32) for c in ex.answer_choices])
     # Rows keep at most target_length target tokens, so no more than that are scored.
-    num_tokens = np.minimum([len(targets) for _, targets in pairs], self.target_length)
-    bounds = np.cumsum([0] + sizes)
-    return [(loglik[a:b], num_tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    num_tokens = [np.minimum([len(c) for c in cs], self.target_length) for cs in choices]
+    if self._score_choices is not None:
+      batch_shards = self._mesh.shape["data"] * self._mesh.shape["fsdp"]
+      loglik = batching.run_choices_in_batches(
+          functools.partial(self._score_choices, self._params), [(ex.inputs, cs) for ex, cs in zip(examples, choices)],
+          batch_size=self.batch_size, input_length=self.input_length, target_length=self.target_length,
+          sharding=partitioning.batch_sharding(self._mesh),
+          batch_multiple=max(1, batch_shards // jax.process_count()))
+      return list(zip(loglik, num_tokens))
+    flat = self._run(self._score, [(ex.inputs, c) for ex, cs in zip(examples, choices) for c in cs])
+    bounds = np.cumsum([0] + [len(cs) for cs in choices])
+    return [(flat[a:b], n) for a, b, n in zip(bounds[:-1], bounds[1:], num_tokens)]
 
   def rank_choices(self, examples: list[EvalExample], vocab: seqio.Vocabulary,
                    length_normalization: bool = False) -> list[str]:

@@ -61,3 +61,36 @@ def run_in_batches(fn: Callable[[dict[str, jax.Array]], jax.Array], pairs: Seque
     for k, row in zip(chunk, result):
       outputs[k] = row
   return np.stack(outputs)
+
+
+def run_choices_in_batches(fn: Callable[[dict[str, jax.Array]], jax.Array],
+                           examples: Sequence[tuple[np.ndarray, Sequence[np.ndarray]]], *, batch_size: int,
+                           input_length: int, target_length: int, sharding: jax.sharding.Sharding,
+                           batch_multiple: int = 1) -> list[np.ndarray]:
+  """Applies `fn` to (prompt, choices) examples, each prompt once: one [num_choices] output per example.
+
+  A batch holds B prompts and C choices each, C the most any example has (so a function
+  compiles once per input bucket), and B = `batch_size` // C rounded down to a multiple of
+  `batch_multiple` (the sharded batch axes), so a batch decodes about `batch_size` rows. The
+  `encoder_*` features are [B, S] and the `decoder_*` features [B, C, T], as
+  `packing.pad_unpacked` lays out each (prompt, choice) row; missing choices repeat the first
+  and short last batches the last example, and their outputs are dropped.
+  """
+  num_choices = max(len(choices) for _, choices in examples)
+  prompts_per_batch = max(batch_multiple, (batch_size // num_choices) // batch_multiple * batch_multiple)
+  order = sorted(range(len(examples)), key=lambda k: len(examples[k][0]))
+  outputs: list[np.ndarray | None] = [None] * len(examples)
+  for start in range(0, len(order), prompts_per_batch):
+    chunk = order[start:start + prompts_per_batch]
+    padded = chunk + [chunk[-1]] * (prompts_per_batch - len(chunk))
+    length = input_bucket(max(len(examples[k][0]) for k in chunk), input_length)
+    pairs = [{"inputs": examples[k][0], "targets": choices[min(c, len(choices) - 1)]}
+             for k in padded for choices in [examples[k][1]] for c in range(num_choices)]
+    rows = packing.pad_unpacked(pairs, length, target_length)
+    batch = {name: (value[::num_choices] if name.startswith("encoder_")
+                    else value.reshape(prompts_per_batch, num_choices, -1)) for name, value in rows.items()}
+    device_batch = {name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()}
+    result = np.asarray(jax.device_get(fn(device_batch)))
+    for k, row in zip(chunk, result):
+      outputs[k] = row[:len(examples[k][1])]
+  return outputs

@@ -362,6 +362,9 @@ class LoRAModel:
   def score_pairs(self, module: nnx.Module, prompts: Any, first: Any, second: Any) -> tuple[jax.Array, jax.Array]:
     return self.base.score_pairs(module, prompts, first, second)
 
+  def score_choices(self, module: nnx.Module, batch: Any) -> jax.Array:
+    return self.base.score_choices(module, batch)
+
   def predict_batch(self, module: nnx.Module, batch: Any, max_decode_length: int,
                     decode_config: Any = None, rng: jax.Array | None = None) -> jax.Array:
     """The base model's decoding (greedy unless `decode_config` says otherwise) through the adapters."""

@@ -460,6 +460,26 @@ class EncoderDecoderModel:
 
     return side(first), side(second)
 
+  def score_choices(self, module: T5Transformer, batch: Batch) -> jax.Array:
+    """Per-choice target log-likelihoods [B, C] of C targets per prompt (rank classification).
+
+    Each prompt is encoded once and its C targets decoded against it: the `encoder_*` features
+    are [B, S], the `decoder_*` features [B, C, T], laid out as `score_batch` reads them.
+    """
+    num_choices = batch["decoder_target_tokens"].shape[1]
+    encoder_segment_ids = batch.get("encoder_segment_ids")
+    if encoder_segment_ids is None:
+      encoder_segment_ids = (batch["encoder_input_tokens"] != 0).astype(jnp.int32)
+    encoded_BxSxD = module.encode(batch["encoder_input_tokens"], encoder_segment_ids, batch.get("encoder_positions"))
+    # Row b * C + c decodes choice c of prompt b.
+    rows = {name: value.reshape(-1, value.shape[-1]) for name, value in batch.items() if name.startswith("decoder_")}
+    logits_BCxTxV = module.decode(jnp.repeat(encoded_BxSxD, num_choices, axis=0),
+                                  jnp.repeat(encoder_segment_ids, num_choices, axis=0), rows["decoder_input_tokens"],
+                                  rows.get("decoder_segment_ids", (rows["decoder_target_tokens"] != 0).astype(jnp.int32)),
+                                  rows.get("decoder_positions"))
+    loglik_BC = scoring.sequence_log_likelihood(logits_BCxTxV, rows["decoder_target_tokens"], losses.target_weights(rows))
+    return loglik_BC.reshape(-1, num_choices)
+
   def predict_batch(self, module: T5Transformer, batch: Batch, max_decode_length: int,
                     decode_config: decoding.DecodeConfig | None = None,
                     rng: jax.Array | None = None) -> jax.Array:

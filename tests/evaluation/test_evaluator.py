@@ -1,5 +1,6 @@
 """The evaluator: shared compiled functions, per-template scores, rank classification, predictions."""
 
+import dataclasses
 import json
 
 import gin
@@ -198,6 +199,20 @@ def test_rank_classification_equals_argmax_over_score_file_logliks(tmp_path):
       assert results.predictions[CHOICE_TASK] == expected[normalized]
       hits = sum(p == ex.target for p, ex in zip(expected[normalized], examples))
       assert results.tasks[CHOICE_TASK] == {"accuracy": hits / len(examples)}
+
+
+    # Each prompt encoded once for its choices (score_choices) scores as one row per (prompt,
+    # choice) does, also when examples have different numbers of choices and prompt buckets.
+    assert scorer._score_choices is not None
+    mixed = [dataclasses.replace(ex, answer_choices=ex.answer_choices[:1 + k % len(ex.answer_choices)],
+                                 inputs=np.concatenate([ex.inputs[:-1]] * (1 + k % 3) + [ex.inputs[-1:]]))
+             for k, ex in enumerate(examples)]
+    assert len({len(ex.answer_choices) for ex in mixed}) > 1 and max(len(ex.inputs) for ex in mixed) > 64
+    once = scorer.choice_logliks(mixed, vocab)
+    scorer._score_choices = None
+    for (got, got_n), (want, want_n) in zip(once, scorer.choice_logliks(mixed, vocab)):
+      np.testing.assert_allclose(got, want, atol=1e-4)
+      np.testing.assert_array_equal(got_n, want_n)
 
 
 def test_pick_choice_ties_and_normalization():
