@@ -69,28 +69,45 @@ def run_choices_in_batches(fn: Callable[[dict[str, jax.Array]], jax.Array],
                            batch_multiple: int = 1) -> list[np.ndarray]:
   """Applies `fn` to (prompt, choices) examples, each prompt once: one [num_choices] output per example.
 
-  A batch holds B prompts and C choices each, C the most any example has (so a function
-  compiles once per input bucket), and B = `batch_size` // C rounded down to a multiple of
-  `batch_multiple` (the sharded batch axes), so a batch decodes about `batch_size` rows. The
-  `encoder_*` features are [B, S] and the `decoder_*` features [B, C, T], as
-  `packing.pad_unpacked` lays out each (prompt, choice) row; missing choices repeat the first
-  and short last batches the last example, and their outputs are dropped.
+  A batch holds up to P = `batch_size` // 2 prompts (rounded down to a multiple of
+  `batch_multiple`, the sharded batch axes) and exactly `batch_size` choice rows, filled with
+  whole examples in order of prompt length, so its shapes are fixed and a function compiles once
+  per input bucket. Features: `encoder_*` [P, S] and `decoder_*` [batch_size, T] as
+  `packing.pad_unpacked` lays out each (prompt, choice) row, and `choice_prompt_index`
+  [batch_size], each row's prompt. Unused slots repeat the batch's last prompt and choice; their
+  outputs are dropped. An example with more than `batch_size` choices is an error.
   """
-  num_choices = max(len(choices) for _, choices in examples)
-  prompts_per_batch = max(batch_multiple, (batch_size // num_choices) // batch_multiple * batch_multiple)
+  most = max(len(choices) for _, choices in examples)
+  if most > batch_size:
+    raise ValueError(f"an example has {most} answer choices, more than the batch of {batch_size} rows")
+  prompts_per_batch = max(batch_multiple, (batch_size // 2) // batch_multiple * batch_multiple)
   order = sorted(range(len(examples)), key=lambda k: len(examples[k][0]))
   outputs: list[np.ndarray | None] = [None] * len(examples)
-  for start in range(0, len(order), prompts_per_batch):
-    chunk = order[start:start + prompts_per_batch]
-    padded = chunk + [chunk[-1]] * (prompts_per_batch - len(chunk))
+  start = 0
+  while start < len(order):
+    chunk, rows = [], 0
+    for k in order[start:start + prompts_per_batch]:
+      if rows + len(examples[k][1]) > batch_size:
+        break
+      chunk.append(k)
+      rows += len(examples[k][1])
+    start += len(chunk)
+    prompts = chunk + [chunk[-1]] * (prompts_per_batch - len(chunk))
+    pairs = [(p, choice) for p, k in enumerate(chunk) for choice in examples[k][1]]
+    pairs += [pairs[-1]] * (batch_size - len(pairs))
     length = input_bucket(max(len(examples[k][0]) for k in chunk), input_length)
-    pairs = [{"inputs": examples[k][0], "targets": choices[min(c, len(choices) - 1)]}
-             for k in padded for choices in [examples[k][1]] for c in range(num_choices)]
-    rows = packing.pad_unpacked(pairs, length, target_length)
-    batch = {name: (value[::num_choices] if name.startswith("encoder_")
-                    else value.reshape(prompts_per_batch, num_choices, -1)) for name, value in rows.items()}
-    device_batch = {name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()}
+    rows_by_prompt = packing.pad_unpacked([{"inputs": examples[prompts[p]][0], "targets": choice}
+                                           for p, choice in pairs], length, target_length)
+    encoder = packing.pad_unpacked([{"inputs": examples[k][0], "targets": examples[k][1][0]} for k in prompts],
+                                   length, target_length)
+    batch = {name: (encoder[name] if name.startswith("encoder_") else rows_by_prompt[name]) for name in encoder}
+    batch["choice_prompt_index"] = np.array([p for p, _ in pairs], np.int32)
+    device_batch = {name: jax.make_array_from_process_local_data(
+        sharding if value.ndim > 1 else jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+            sharding.spec[0])), value) for name, value in batch.items()}
     result = np.asarray(jax.device_get(fn(device_batch)))
-    for k, row in zip(chunk, result):
-      outputs[k] = row[:len(examples[k][1])]
+    row = 0
+    for k in chunk:
+      outputs[k] = result[row:row + len(examples[k][1])]
+      row += len(examples[k][1])
   return outputs

@@ -461,24 +461,23 @@ class EncoderDecoderModel:
     return side(first), side(second)
 
   def score_choices(self, module: T5Transformer, batch: Batch) -> jax.Array:
-    """Per-choice target log-likelihoods [B, C] of C targets per prompt (rank classification).
+    """Target log-likelihoods [R] of R choice rows against B prompts (rank classification).
 
-    Each prompt is encoded once and its C targets decoded against it: the `encoder_*` features
-    are [B, S], the `decoder_*` features [B, C, T], laid out as `score_batch` reads them.
+    Each prompt is encoded once and every choice row decoded against its own prompt: the
+    `encoder_*` features are [B, S], the `decoder_*` features [R, T] (laid out as `score_batch`
+    reads them), and `choice_prompt_index` [R] names each row's prompt.
     """
-    num_choices = batch["decoder_target_tokens"].shape[1]
     encoder_segment_ids = batch.get("encoder_segment_ids")
     if encoder_segment_ids is None:
       encoder_segment_ids = (batch["encoder_input_tokens"] != 0).astype(jnp.int32)
     encoded_BxSxD = module.encode(batch["encoder_input_tokens"], encoder_segment_ids, batch.get("encoder_positions"))
-    # Row b * C + c decodes choice c of prompt b.
-    rows = {name: value.reshape(-1, value.shape[-1]) for name, value in batch.items() if name.startswith("decoder_")}
-    logits_BCxTxV = module.decode(jnp.repeat(encoded_BxSxD, num_choices, axis=0),
-                                  jnp.repeat(encoder_segment_ids, num_choices, axis=0), rows["decoder_input_tokens"],
-                                  rows.get("decoder_segment_ids", (rows["decoder_target_tokens"] != 0).astype(jnp.int32)),
-                                  rows.get("decoder_positions"))
-    loglik_BC = scoring.sequence_log_likelihood(logits_BCxTxV, rows["decoder_target_tokens"], losses.target_weights(rows))
-    return loglik_BC.reshape(-1, num_choices)
+    index_R = batch["choice_prompt_index"]
+    segment_ids = batch.get("decoder_segment_ids")
+    if segment_ids is None:
+      segment_ids = (batch["decoder_target_tokens"] != 0).astype(jnp.int32)
+    logits_RxTxV = module.decode(jnp.take(encoded_BxSxD, index_R, axis=0), jnp.take(encoder_segment_ids, index_R, axis=0),
+                                 batch["decoder_input_tokens"], segment_ids, batch.get("decoder_positions"))
+    return scoring.sequence_log_likelihood(logits_RxTxV, batch["decoder_target_tokens"], losses.target_weights(batch))
 
   def predict_batch(self, module: T5Transformer, batch: Batch, max_decode_length: int,
                     decode_config: decoding.DecodeConfig | None = None,
