@@ -32,7 +32,7 @@ from sft_jax.models import hf_io  # noqa: E402
 from sft_jax.train import partitioning  # noqa: E402
 
 
-def test_pairs(pairs_per_task: int) -> list[dict]:
+def pairs_from_test_split(pairs_per_task: int) -> list[dict]:
   """The first `pairs_per_task` test pairs of every seen synthetic task, each tagged with its task."""
   pairs = []
   for task in synthetic_tasks.TASKS:
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> dict:
   args = parser.parse_args(argv)
   config.setup_logging()
   mesh, rules = partitioning.create_mesh(), partitioning.logical_axis_rules()
-  pairs = test_pairs(args.pairs_per_task)
+  pairs = pairs_from_test_split(args.pairs_per_task)
   ref_chosen, ref_rejected = log_likelihoods(args.reference, pairs, mesh, rules)
   pol_chosen, pol_rejected = log_likelihoods(args.policy, pairs, mesh, rules)
   columns = {
