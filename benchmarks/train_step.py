@@ -21,12 +21,18 @@ decoder_input_ids, labels with -100 on padding. The first step's loss and gradie
 two must agree (same math). Then `--rounds` rounds of `--steps` steps alternate between the
 systems (the order flips every round); the table gives the median seconds per step of each and
 target (non-padding decoder) tokens/s from it; ratio = sft_jax / torch.
+Kernel gradients: the same packed step compiled twice, once as the models run it (every
+projection through `layers.contract`, whose backward pass computes a kernel's gradient as
+x^T dy) and once with `layers.contract` swapped for a plain `jnp.tensordot` left to autodiff
+(which XLA:CPU computes as (dy^T x)^T, transposing the larger gradient); `--rounds` rounds of
+`--steps` steps alternate between the two; ratio = contract / autodiff tokens per second.
 Prints a table and, last, one JSON line. Needs torch and transformers (the [test] extra).
 """
 
 import argparse
 import dataclasses
 import inspect
+import contextlib
 import json
 import os
 import statistics
@@ -37,6 +43,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import safetensors.torch  # noqa: E402
 import seqio  # noqa: E402
@@ -45,7 +52,7 @@ import transformers  # noqa: E402
 
 from sft_jax import config  # noqa: E402
 from sft_jax.data import packing, pipeline  # noqa: E402
-from sft_jax.models import hf_io, t5  # noqa: E402
+from sft_jax.models import hf_io, layers, t5  # noqa: E402
 from sft_jax.train import optimizers, partitioning  # noqa: E402
 from sft_jax.train import state as state_lib  # noqa: E402
 from sft_jax.train.step import StepConfig, train_step  # noqa: E402
@@ -60,6 +67,35 @@ def _time_steps(step_fn, state, batches, mesh):
     state, metrics = step_fn(state, partitioning.global_batch(batch, mesh))
   jax.block_until_ready(metrics)
   return state, (time.perf_counter() - start) / (len(batches) - 1)
+
+
+@contextlib.contextmanager
+def _autodiff_projections():
+  """Traces every projection as a plain `jnp.tensordot`, gradients left to autodiff."""
+  contract = layers.contract
+  layers.contract = lambda x, kernel, num_in: jnp.tensordot(x, kernel, axes=num_in)
+  try:
+    yield
+  finally:
+    layers.contract = contract
+
+
+def _compare_kernel_gradients(step_fn, make_step, state, batches, mesh, steps, rounds):
+  """Median s/step of `step_fn` and of `make_step()` traced with projections left to autodiff."""
+  step_fns = {"contract": step_fn}
+  with _autodiff_projections():
+    step_fns["autodiff"] = make_step()
+    state, _ = _time_steps(step_fns["autodiff"], state, batches[:2], mesh)  # compiles while patched
+  seconds = {name: [] for name in step_fns}
+  for r in range(rounds):  # alternate, flipping the order every round
+    for name in (("contract", "autodiff") if r % 2 == 0 else ("autodiff", "contract")):
+      state, per_step = _time_steps(step_fns[name], state, batches[:steps + 1], mesh)
+      seconds[name].append(per_step)
+  real = float(np.mean([packing.batch_counts(b)["tokens"] for b in batches[1:steps + 1]]))
+  out = {name: {"seconds_per_step": statistics.median(s), "seconds_per_step_rounds": s,
+                "real_tokens_per_second": real / statistics.median(s)} for name, s in seconds.items()}
+  out["ratio"] = out["contract"]["real_tokens_per_second"] / out["autodiff"]["real_tokens_per_second"]
+  return state, out
 
 
 def _seqio_next_fit_density(name, batch_size, input_length, target_length, num_batches):
@@ -219,10 +255,13 @@ def main(argv):
   optimizer = optimizers.create_optimizer(schedule)
   graphdef, state = state_lib.init_train_state(model, optimizer, 0, mesh, rules)
   shardings = state_lib.shardings_of(state)
-  step_fn = jax.jit(lambda s, b: train_step(StepConfig(graphdef, model, optimizer, schedule), s, b),
-                    in_shardings=(shardings, partitioning.batch_sharding(mesh)),
-                    out_shardings=(shardings, None), donate_argnums=0)
 
+  def make_step():
+    return jax.jit(lambda s, b: train_step(StepConfig(graphdef, model, optimizer, schedule), s, b),
+                   in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                   out_shardings=(shardings, None), donate_argnums=0)
+
+  step_fn = make_step()
   packed_input = pipeline.TrainInput(pipeline.InputConfig(name, batch_size, input_length, target_length))
   packed = [next(packed_input) for _ in range(args.steps + 1)]
   stream = pipeline.get_dataset(name, sequence_length=None, split="train", shuffle=True, seed=0,
@@ -246,6 +285,15 @@ def main(argv):
           f"{r['examples_per_second']:>14.1f}{r['slots_per_second']:>12.0f}")
   ratio = rows["packed (best-fit)"]["examples_per_second"] / rows["unpacked (padded)"]["examples_per_second"]
   print(f"packed / unpacked examples per second: {ratio:.2f}x")
+
+  state, gradients = _compare_kernel_gradients(step_fn, make_step, state, packed, mesh, args.steps, args.rounds)
+  print(f"\nkernel gradients, packed batches (median of {args.rounds} alternating rounds x {args.steps} steps)")
+  print(f"{'projections':<28}{'s/step':>10}{'real tok/s':>14}  s/step per round")
+  for label, key in (("layers.contract (x^T dy)", "contract"), ("tensordot + autodiff", "autodiff")):
+    r = gradients[key]
+    print(f"{label:<28}{r['seconds_per_step']:>10.3f}{r['real_tokens_per_second']:>14.0f}  "
+          f"{' '.join(f'{x:.3f}' for x in r['seconds_per_step_rounds'])}")
+  print(f"contract / autodiff tokens per second: {gradients['ratio']:.2f}x")
 
   versus = _compare_with_torch(model, schedule, unpacked, mesh, rules, args.steps, args.rounds)
   first = versus["first_step"]
@@ -278,6 +326,7 @@ def main(argv):
                     "seqio_next_fit_examples_per_batch": seqio_examples,
                     "seqio_next_fit_token_fraction": seqio_density,
                     "best_fit_over_next_fit_examples": ours_examples / seqio_examples,
+                    "kernel_gradients": gradients,
                     "sft_jax_tokens_per_s": versus["sft_jax"]["target_tokens_per_second"],
                     "torch_tokens_per_s": versus["torch"]["target_tokens_per_second"],
                     "ratio": versus["ratio"], "tokens_counted": "target (non-padding decoder) tokens",

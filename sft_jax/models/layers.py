@@ -8,11 +8,13 @@ with `nnx.logical_axis_rules`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import functools
 import math
 
 from flax import nnx
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
@@ -69,11 +71,18 @@ def split_rng(rng: jax.Array | None, num: int) -> list[jax.Array | None]:
 
 # Rematerialization policies by name (gin: `T5Config.remat_policy`): what each layer keeps from
 # its forward pass for the backward pass; the rest is recomputed. "none" keeps everything.
+# Projections run inside `contract`'s custom VJP, where the dot policies do not see a dot_general,
+# so their outputs are also saved by name (PROJECTION_NAME; they are dots without batch dims).
+PROJECTION_NAME = "projection"
+_SAVE_PROJECTIONS = jax.checkpoint_policies.save_only_these_names(PROJECTION_NAME)
 REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,  # keep only the layer's input
-    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
-    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep matmul outputs, recompute the rest.
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_saveable, _SAVE_PROJECTIONS),
+    "dots_with_no_batch_dims": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _SAVE_PROJECTIONS),
 }
 
 
@@ -164,7 +173,38 @@ class DenseGeneral(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.kernel[...].astype(self.dtype)
-    return jnp.tensordot(x.astype(self.dtype), kernel, axes=self.num_in)
+    y = contract(x.astype(self.dtype), kernel, self.num_in)
+    return checkpoint_name(y, PROJECTION_NAME)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def contract(x: jax.Array, kernel: jax.Array, num_in: int) -> jax.Array:
+  """`jnp.tensordot(x, kernel, num_in)`, with a backward pass that transposes the input, not the gradient.
+
+  Left to autodiff, XLA:CPU computes a kernel's gradient as dy^T x: it transposes the output
+  gradient, which is the larger operand for up-projections (a [tokens, d_ff] array in the
+  feed-forward block) and is fused into the activation's backward as a slow strided write.
+  Writing the gradient as x^T dy transposes the input instead; the math is the same.
+  """
+  return jnp.tensordot(x, kernel, axes=num_in)
+
+
+def _contract_fwd(x, kernel, num_in):
+  return contract(x, kernel, num_in), (x, kernel)
+
+
+def _contract_bwd(num_in, residuals, dy):
+  x, kernel = residuals
+  in_size = math.prod(kernel.shape[:num_in])
+  x_NxI = x.reshape(-1, in_size)
+  dy_NxO = dy.reshape(x_NxI.shape[0], -1)
+  kernel_IxO = kernel.reshape(in_size, -1)
+  dx = (dy_NxO @ kernel_IxO.T).reshape(x.shape)
+  dkernel = (x_NxI.T @ dy_NxO).reshape(kernel.shape)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+contract.defvjp(_contract_fwd, _contract_bwd)
 
 
 def _gelu_exact(x: jax.Array) -> jax.Array:

@@ -32,9 +32,14 @@ def test_tiny_run_prints_table_and_json_with_torch_comparison():
   assert len(versus["sft_jax"]["seconds_per_step_rounds"]) == len(versus["torch"]["seconds_per_step_rounds"]) == 2
   first = versus["first_step"]
   assert first["sft_jax"]["loss"] == pytest.approx(first["torch"]["loss"], rel=1e-3)
+  gradients = out["kernel_gradients"]
+  assert gradients["ratio"] == pytest.approx(gradients["contract"]["real_tokens_per_second"]
+                                             / gradients["autodiff"]["real_tokens_per_second"], rel=1e-9)
+  assert len(gradients["contract"]["seconds_per_step_rounds"]) == 2
   # The existing rows are still there, and the table precedes the JSON line.
   assert {"packed", "unpacked", "best_fit_examples_per_batch", "seqio_next_fit_examples_per_batch"} <= set(out)
   table = "\n".join(lines[:-1])
   for label in ("packed (best-fit)", "unpacked (padded)", "sft_jax (jit)", "transformers+torch",
-                "sft_jax / torch target tokens per second", "seqio next-fit"):
+                "sft_jax / torch target tokens per second", "seqio next-fit",
+                "contract / autodiff tokens per second"):
     assert label in table
