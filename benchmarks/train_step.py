@@ -236,6 +236,15 @@ def _compare_with_torch(model, schedule, batches, mesh, rules, steps, rounds):
   return out
 
 
+def _print_rounds_table(title, result, rows, columns):
+  """One line per (label, key) of `result`: the (header, field, format) columns, then each round's s/step."""
+  print(f"{title:<28}" + "".join(f"{header:>14}" for header, _, _ in columns) + "  s/step per round")
+  for label, key in rows:
+    r = result[key]
+    print(f"{label:<28}" + "".join(f"{format(r[field], fmt):>14}" for _, field, fmt in columns)
+          + "  " + " ".join(f"{x:.3f}" for x in r["seconds_per_step_rounds"]))
+
+
 def main(argv):
   config.setup_logging()
   parser = argparse.ArgumentParser()
@@ -288,11 +297,9 @@ def main(argv):
 
   state, gradients = _compare_kernel_gradients(step_fn, make_step, state, packed, mesh, args.steps, args.rounds)
   print(f"\nkernel gradients, packed batches (median of {args.rounds} alternating rounds x {args.steps} steps)")
-  print(f"{'projections':<28}{'s/step':>10}{'real tok/s':>14}  s/step per round")
-  for label, key in (("layers.contract (x^T dy)", "contract"), ("tensordot + autodiff", "autodiff")):
-    r = gradients[key]
-    print(f"{label:<28}{r['seconds_per_step']:>10.3f}{r['real_tokens_per_second']:>14.0f}  "
-          f"{' '.join(f'{x:.3f}' for x in r['seconds_per_step_rounds'])}")
+  _print_rounds_table("projections", gradients, (("layers.contract (x^T dy)", "contract"),
+                                                  ("tensordot + autodiff", "autodiff")),
+                      (("s/step", "seconds_per_step", ".3f"), ("real tok/s", "real_tokens_per_second", ".0f")))
   print(f"contract / autodiff tokens per second: {gradients['ratio']:.2f}x")
 
   versus = _compare_with_torch(model, schedule, unpacked, mesh, rules, args.steps, args.rounds)
@@ -306,11 +313,9 @@ def main(argv):
   print(f"median of {args.rounds} alternating rounds x {args.steps} steps; target tok = non-padding decoder "
         f"tokens ({versus['target_tokens_per_step']:.0f}/step), real tok = encoder + decoder non-padding "
         f"({versus['real_tokens_per_step']:.0f}/step)")
-  print(f"{'train step':<20}{'s/step':>10}{'target tok/s':>14}{'real tok/s':>14}  s/step per round")
-  for label, key in (("sft_jax (jit)", "sft_jax"), ("transformers+torch", "torch")):
-    r = versus[key]
-    print(f"{label:<20}{r['seconds_per_step']:>10.3f}{r['target_tokens_per_second']:>14.0f}"
-          f"{r['real_tokens_per_second']:>14.0f}  {' '.join(f'{x:.3f}' for x in r['seconds_per_step_rounds'])}")
+  _print_rounds_table("train step", versus, (("sft_jax (jit)", "sft_jax"), ("transformers+torch", "torch")),
+                      (("s/step", "seconds_per_step", ".3f"), ("target tok/s", "target_tokens_per_second", ".0f"),
+                       ("real tok/s", "real_tokens_per_second", ".0f")))
   print(f"sft_jax / torch target tokens per second: {versus['ratio']:.2f}x")
 
   ours_examples = float(np.mean([packing.batch_counts(b)["examples"] for b in packed]))

@@ -22,9 +22,10 @@ def test_gin_flag_without_value_is_an_error():
 @pytest.mark.parametrize("run_file,required", [
     ("gin_configs/runs/quickstart.gin", "--gin.MODEL_DIR='runs/qs'"),
     ("gin_configs/runs/quickstart_eval.gin", "--gin.CHECKPOINT='runs/qs'"),
+    ("gin_configs/runs/quickstart_8k.gin", "--gin.MODEL_DIR='runs/qs8k'"),
 ])
 def test_readme_run_files_parse(run_file, required):
-  """The run files the README's quickstart command names are in the tree and bind cleanly."""
+  """The run files the README's quickstart commands name are in the tree and bind cleanly."""
   import os
 
   import gin
@@ -36,5 +37,7 @@ def test_readme_run_files_parse(run_file, required):
   try:
     config.parse_gin_flags([f"--gin_file={os.path.join(repo, run_file)}", required])
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "synthetic_instructions"
+    if run_file.endswith("_8k.gin"):
+      assert gin.query_parameter("%TRAIN_STEPS") == 8000
   finally:
     gin.clear_config()
