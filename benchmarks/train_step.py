@@ -30,9 +30,9 @@ Prints a table and, last, one JSON line. Needs torch and transformers (the [test
 """
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
-import contextlib
 import json
 import os
 import statistics
