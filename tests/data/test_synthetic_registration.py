@@ -119,3 +119,20 @@ def test_task_source_yields_the_rendered_examples_in_order(name):
     assert [c.decode() for c in g["answer_choices"]] == e["answer_choices"]
     assert g["template"].decode() == e["template"]
   assert any(e["answer_choices"] for e in expected) == task.is_classification
+
+
+def test_tasks_stream_in_their_seeded_order_without_a_shuffle_buffer():
+  task = next(t for t in synthetic_tasks.TASKS if t.name == "reverse_list")
+  seqio_task = seqio.get_mixture_or_task(synthetic.task_name(task))
+  assert seqio_task.shuffle_buffer_size is None and seqio_task.source.performs_internal_shuffling
+
+  def first_prompts(seed: int) -> list[str]:
+    dataset = seqio_task.get_dataset(sequence_length=None, split="train", shuffle=True, seed=seed,
+                                     trim_output_features=False)
+    return [ex["inputs_pretokenized"].decode() for ex in dataset.take(40).as_numpy_iterator()]
+
+  # shuffle=True reads the seed's stream as generated: no buffer reorders it.
+  rendered = itertools.islice(synthetic.render_examples(task, task.templates, "train", 5), 40)
+  assert first_prompts(5) == [e["inputs"] for e in rendered]
+  # The randomness the buffer would add comes from the seed instead.
+  assert first_prompts(6) != first_prompts(5)
