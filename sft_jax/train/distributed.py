@@ -8,9 +8,10 @@ slices, SLURM, Open MPI, Kubernetes). When none of them names a coordinator the 
 single process and nothing is initialized.
 
 `cpu_devices` splits each process's CPU into that many JAX devices, which the mesh then spans
-like any others. On a CPU host, parts of one device's step run on one thread; two devices,
-each with half the batch, run side by side and keep more cores busy (`benchmarks/cpu_devices.py`
-measures the gain). It has no effect on TPU and GPU devices.
+like any others, each with its share of the batch: a CPU host can run a multi-device mesh
+(and its collectives) without simulated-device flags. Whether it trains faster than one
+device depends on the host; `benchmarks/cpu_devices.py` measures it. It has no effect on TPU
+and GPU devices.
 """
 
 from __future__ import annotations
