@@ -23,6 +23,7 @@ def test_gin_flag_without_value_is_an_error():
     ("gin_configs/runs/quickstart.gin", "--gin.MODEL_DIR='runs/qs'"),
     ("gin_configs/runs/quickstart_eval.gin", "--gin.CHECKPOINT='runs/qs'"),
     ("gin_configs/runs/quickstart_8k.gin", "--gin.MODEL_DIR='runs/qs8k'"),
+    ("gin_configs/runs/quickstart_adamw.gin", "--gin.MODEL_DIR='runs/qs_adamw'"),
 ])
 def test_readme_run_files_parse(run_file, required):
   """The run files the README's quickstart commands name are in the tree and bind cleanly."""
@@ -39,5 +40,9 @@ def test_readme_run_files_parse(run_file, required):
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "synthetic_instructions"
     if run_file.endswith("_8k.gin"):
       assert gin.query_parameter("%TRAIN_STEPS") == 8000
+    # The quickstart trains with Muon; the recipes whose README figures came from AdamW keep it.
+    optimizer = "muon" if run_file.endswith("quickstart.gin") else "adamw"
+    if "_eval" not in run_file:
+      assert gin.query_parameter("create_optimizer.name") == optimizer
   finally:
     gin.clear_config()

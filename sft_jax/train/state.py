@@ -145,9 +145,15 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params: Any, me
   """
   replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
   shapes = jax.eval_shape(optimizer.init, params)
-  return optax.tree_map_params(
-      optimizer, lambda leaf, param: param.sharding if leaf.shape == param.shape else replicated,
-      shapes, params, transform_non_params=lambda _: replicated)
+  # A partitioned optimizer (Muon's Adam part) holds empty MaskedNodes for the parameters it skips.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+
+  def sharding(leaf, param):
+    if masked(leaf):
+      return leaf
+    return param.sharding if leaf.shape == param.shape else replicated
+  return optax.tree_map_params(optimizer, sharding, shapes, params, transform_non_params=lambda _: replicated,
+                               is_leaf=masked)
 
 
 def _new_train_state(optimizer: optax.GradientTransformation, params: Any, mesh: jax.sharding.Mesh,

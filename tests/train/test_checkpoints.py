@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
-from sft_jax.train import checkpoints, partitioning
+from sft_jax.train import checkpoints, optimizers, partitioning
 from sft_jax.train import state as state_lib
 from sft_jax.train.step import TrainState
 
@@ -17,6 +18,7 @@ class _Toy(nnx.Module):
   def __init__(self, rngs):
     self.w = nnx.Param(jax.random.normal(rngs.params(), (4, 8)), out_sharding=("embed", "mlp"))
     self.b = nnx.Param(jnp.zeros((8,)), out_sharding=("mlp",))
+    self.proj = nnx.Dict(kernel=nnx.Param(jax.random.normal(rngs.params(), (8, 4)), out_sharding=("mlp", "embed")))
 
 
 class _ToyModel:
@@ -24,23 +26,26 @@ class _ToyModel:
     return _Toy(nnx.Rngs(seed))
 
 
-def _state(seed, mesh):
-  return state_lib.init_train_state(_ToyModel(), optax.adam(1e-3), seed, mesh, partitioning.logical_axis_rules())[1]
+def _state(seed, mesh, optimizer=optax.adam(1e-3)):
+  return state_lib.init_train_state(_ToyModel(), optimizer, seed, mesh, partitioning.logical_axis_rules())[1]
 
 
-def test_save_restore_roundtrip_is_exact(tmp_path):
+# Muon partitions the parameters between itself and Adam: its state holds empty MaskedNodes.
+@pytest.mark.parametrize("optimizer", [optax.adam(1e-3), optimizers.create_optimizer(lambda step: 1e-3, name="muon")],
+                         ids=["adam", "muon"])
+def test_save_restore_roundtrip_is_exact(tmp_path, optimizer):
   mesh = partitioning.create_mesh()
-  state = _state(0, mesh)
+  state = _state(0, mesh, optimizer)
   # Make the optimizer state non-trivial and the step non-zero.
   grads = jax.tree.map(jnp.ones_like, state.params)
-  _, opt_state = optax.adam(1e-3).update(grads, state.opt_state, state.params)
+  _, opt_state = optimizer.update(grads, state.opt_state, state.params)
   state = TrainState(step=jnp.asarray(7, jnp.int32), params=state.params, opt_state=opt_state)
   ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False)
   state_lib.save_train_state(ckpt, state, {"batches_emitted": 7, "seed": 0})
   ckpt.wait()
   assert ckpt.latest_step() == 7
 
-  other = _state(1, mesh)  # different values, same structure: restore must overwrite them all
+  other = _state(1, mesh, optimizer)  # different values, same structure: restore must overwrite them all
   restored, data_state = state_lib.restore_train_state(ckpt, 7, like=other)
   assert data_state == {"batches_emitted": 7, "seed": 0, "step": 7}
   # The trainer reads the data position first, to start its input before building the model.
